@@ -1,0 +1,1 @@
+"""Loci-Segmented modules built on loci_fast.kernels."""

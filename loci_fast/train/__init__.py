@@ -1,0 +1,1 @@
+"""DeepSpeed training: engine loop, stages, optimizers, checkpoints."""
