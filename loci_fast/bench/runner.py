@@ -85,8 +85,9 @@ def cuda_timer(fn: Callable[[], Any]) -> float:
     return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
 
 
-def copy_bandwidth_gbs(device: torch.device, timer: Timer, nbytes: int = 1 << 30) -> float:
+def copy_bandwidth_gbs(device: torch.device, timer: Timer, nbytes: int | None = None) -> float:
     """Bandwidth of a plain device-to-device copy (bytes read + bytes written per second), in GB/s."""
+    nbytes = nbytes or ((1 << 30) if device.type == "cuda" else (1 << 24))  # 1 GiB: far beyond any cache
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
     dst = torch.empty_like(src)
     ms = timer(lambda: dst.copy_(src))
