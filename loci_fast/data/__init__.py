@@ -1,0 +1,1 @@
+"""Data pipeline: the loci-video shard schema, writers, the PyBullet generator, converters, loaders."""

@@ -1,0 +1,75 @@
+"""``loci-fast data synth|convert-hdf5|inspect``: thin wrappers; the work lives in loci_fast.data."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="make, convert and inspect loci-video shards")
+    dsub = data.add_subparsers(dest="data_command", metavar="ACTION")
+    dsub.required = True
+
+    p = dsub.add_parser("synth", help="simulate MOVi-style PyBullet videos into shards")
+    p.add_argument("--out", required=True, help="output folder for <split>-%%06d.tar")
+    p.add_argument("--videos", type=int, required=True, help="number of videos")
+    p.add_argument("--frames", type=int, default=24, help="frames per video (default: %(default)s)")
+    p.add_argument("--size", type=int, default=128, help="frame height = width in pixels (default: %(default)s)")
+    p.add_argument("--objects", type=int, nargs=2, default=(3, 10), metavar=("MIN", "MAX"),
+                   help="objects per scene, inclusive range (default: 3 10)")
+    p.add_argument("--camera", choices=("static", "moving"), default="static",
+                   help="static (MOVi-A..D-like) or moving (MOVi-E-like) camera")
+    p.add_argument("--seed", type=int, default=0, help="base seed; video i uses (seed, i)")
+    p.add_argument("--split", default="train", help="split name, also the shard name prefix")
+    p.add_argument("--shard-videos", type=int, default=64, help="videos per shard (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=1, help="parallel simulation processes")
+    p.add_argument("--rgb-codec", choices=("png", "jpg"), default="png",
+                   help="png: lossless (default); jpg: quality 95, ~3x smaller, lossy")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_synth)
+
+    p = dsub.add_parser("convert-hdf5", help="convert an upstream Loci-Segmented HDF5 file into shards")
+    p.add_argument("input", help="upstream HDF5 file (rgb_images, depth_images, instance_masks, ...)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--name", default=None, help="shard name prefix (default: the file's metadata type, "
+                   "e.g. train)")
+    p.add_argument("--dataset", default=None, help="dataset name for meta.json (default: from the file)")
+    p.add_argument("--shard-videos", type=int, default=64, help="videos per shard (default: %(default)s)")
+    p.add_argument("--static-camera", choices=("true", "false"), default="true",
+                   help="whether the camera is static (MOVi-A..D: true; E, F: false)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_convert)
+
+    p = dsub.add_parser("inspect", help="summarise shards; --check decodes and validates every sample")
+    p.add_argument("paths", nargs="+", help="shard files, folders, globs or brace patterns")
+    p.add_argument("--check", action="store_true", help="decode and validate every sample")
+    p.set_defaults(func=_inspect)
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from .synth.run import SynthConfig, run_synth
+
+    cfg = SynthConfig(frames=args.frames, size=args.size, min_objects=args.objects[0],
+                      max_objects=args.objects[1], camera=args.camera, seed=args.seed, split=args.split,
+                      rgb_codec=args.rgb_codec)
+    paths = run_synth(args.out, args.videos, cfg, shard_videos=args.shard_videos, workers=args.workers,
+                      progress=not args.no_progress)
+    print(f"{len(paths)} shard(s) in {args.out}: {paths[0].name} .. {paths[-1].name}")
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from .convert_hdf5 import convert_hdf5
+
+    paths = convert_hdf5(args.input, args.out, name=args.name, dataset=args.dataset,
+                         shard_videos=args.shard_videos, static_camera=args.static_camera == "true",
+                         progress=not args.no_progress)
+    print(f"wrote {len(paths)} shard(s) to {args.out}")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from .inspect import inspect_shards
+
+    report = inspect_shards(args.paths, check=args.check)
+    print(report.text())
+    return 0 if report.ok else 1

@@ -1,0 +1,25 @@
+"""Errors of the data pipeline. Every message names the shard (and the sample key) and says what to do."""
+from __future__ import annotations
+
+
+class DataError(Exception):
+    """Base class: something about the data on disk is wrong."""
+
+
+class ShardError(DataError):
+    """A whole shard is missing, unreadable or truncated, or the shard set cannot be split as asked."""
+
+    def __init__(self, shard: str, problem: str, fix: str):
+        self.shard = str(shard)
+        super().__init__(f"shard {self.shard}: {problem}. {fix}")
+
+
+class SampleError(DataError):
+    """One sample (one video) in a shard breaks the loci-video schema."""
+
+    def __init__(self, shard: str, key: str | None, problem: str, fix: str):
+        self.shard, self.key = str(shard), key
+        super().__init__(f"shard {self.shard}, sample {key!r}: {problem}. {fix}")
+
+
+REWRITE = "Rewrite the shard with `loci-fast data synth` or `loci-fast data convert-hdf5`"

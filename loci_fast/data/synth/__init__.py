@@ -1,0 +1,1 @@
+"""PyBullet scene generator for the embedded default dataset (MOVi-style multi-object videos)."""
