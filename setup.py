@@ -1,8 +1,7 @@
-from setuptools import setup
+from setuptools import find_packages, setup
 
 # `kernels/` installs as `loci_fast.kernels`: a top-level `kernels` would clash with a PyPI package.
-PACKAGES = ["loci_fast", "loci_fast.kernels", "loci_fast.bench", "loci_fast.data", "loci_fast.model",
-            "loci_fast.train", "loci_fast.eval"]
+PACKAGES = find_packages(include=["loci_fast", "loci_fast.*"]) + ["loci_fast.kernels"]
 
 setup(
     name="loci-fast",
