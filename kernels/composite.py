@@ -225,9 +225,9 @@ class _CompositeFunction(torch.autograd.Function):
         dtype, device = logits.dtype, logits.device
         HW = H * W
         if g_rgb is None:
-            g_rgb = torch.zeros((B, 3, HW), dtype=dtype, device=device)
+            g_rgb = torch.zeros((B, 3, H, W), dtype=dtype, device=device)
         if g_depth is None:
-            g_depth = torch.zeros((B, 1, HW), dtype=dtype, device=device)
+            g_depth = torch.zeros((B, 1, H, W), dtype=dtype, device=device)
         g_rgb, g_depth = _pixels(g_rgb.to(dtype)), _pixels(g_depth.to(dtype))
         has_gmask = g_mask is not None
         g_mask = _pixels(g_mask.to(dtype)) if has_gmask else g_rgb  # placeholder pointer, never read
