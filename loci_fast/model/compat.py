@@ -1,0 +1,56 @@
+"""Named switches for upstream quirks that change numbers (reference §24).
+
+Each flag reproduces upstream behaviour by default, so converted upstream checkpoints give
+upstream's outputs; turning a flag off selects the corrected behaviour. A config selects them in
+``model.compat``, e.g. ``"compat": {"prioritize_noise": false}``.
+
+Only quirks that live in the modules of ``loci_fast.model`` are listed; quirks that upstream had
+to reproduce exactly (the constant-1 competitor logit, the unsquashed std, ...) are simply the
+specification and have no flag.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Any, Mapping
+
+#: name -> (default, what the upstream behaviour is and what turning it off does)
+COMPAT_FLAGS: dict[str, tuple[bool, str]] = {
+    "prioritize_noise": (
+        True,
+        "§24.2a: the decoder's priority occlusion adds N(0, 2.5^2) noise to the scaled priorities "
+        "(250*pi + 2.5*eps) in training and in evaluation. False: no noise (deterministic "
+        "occlusion order).",
+    ),
+}
+
+
+def cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
+    """``cfg[key]`` for dicts and config nodes alike, ``default`` when absent."""
+    try:
+        return cfg[key]
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return default
+
+
+def resolve_compat(model_cfg: Any = None) -> dict[str, bool]:
+    """All compat flags with their values: the defaults, overridden by ``model_cfg["compat"]``.
+
+    Raises ValueError naming an unknown flag (with the closest valid name) or a non-boolean value.
+    """
+    given = cfg_get(model_cfg, "compat", None) if model_cfg is not None else None
+    flags = {name: default for name, (default, _) in COMPAT_FLAGS.items()}
+    if given is None:
+        return flags
+    if not isinstance(given, Mapping) and not hasattr(given, "items"):
+        raise ValueError(f"model.compat: expected a mapping of flag names to booleans, received "
+                         f"{type(given).__name__}")
+    for name, value in given.items():
+        if name not in COMPAT_FLAGS:
+            close = difflib.get_close_matches(name, COMPAT_FLAGS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"model.compat.{name}: unknown compat flag{hint} "
+                             f"Valid flags: {', '.join(sorted(COMPAT_FLAGS))}")
+        if not isinstance(value, bool):
+            raise ValueError(f"model.compat.{name}: expected true or false, received {value!r}")
+        flags[name] = value
+    return flags
