@@ -5,5 +5,6 @@ Backend choice: see ``loci_fast.kernels.dispatch`` (``LOCI_FAST_KERNELS`` or ``u
 from .dispatch import get_backend, use_backend
 from .hyperconv import hyper_depthwise_conv2d, hyper_depthwise_conv2d_reference
 from .composite import composite_slots, composite_slots_reference
+from .gaussian import gaussian_maps, gaussian_maps_reference, slot_gaussian_merge, slot_gaussian_merge_reference
 
-__all__ = ["get_backend", "use_backend", "hyper_depthwise_conv2d", "hyper_depthwise_conv2d_reference", "composite_slots", "composite_slots_reference"]
+__all__ = ["get_backend", "use_backend", "hyper_depthwise_conv2d", "hyper_depthwise_conv2d_reference", "composite_slots", "composite_slots_reference", "gaussian_maps", "gaussian_maps_reference", "slot_gaussian_merge", "slot_gaussian_merge_reference"]
