@@ -272,3 +272,19 @@ def test_gpu_extreme_logits_half(gen, dtype):
 def test_gpu_auto_backend_uses_triton(gen):
     inputs = [x.float().cuda().requires_grad_(True) for x in make_inputs(gen, 1, 3, 8, 8)]
     assert "_CompositeFunction" in type(composite_slots(*inputs)[1].grad_fn).__name__
+
+
+def test_bench_cases_pass_their_gates_on_cpu():
+    """The suite's cpu-gate cases build valid inputs and pass the runner's gate (Triton interpreted)."""
+    from loci_fast.bench.composite import cases, minimal_elements
+    from loci_fast.bench.runner import check_case
+
+    cpu = torch.device("cpu")
+    assert len(cases(quick=True, device=cpu)) == 1
+    assert [c.shape["O"] for c in cases(quick=True, device=torch.device("cuda"))] == [16]
+    for case in cases(quick=False, device=cpu):
+        gate = check_case(case, torch.float32, cpu)
+        assert gate["ok"], gate["errors"]
+        assert set(gate["errors"]) >= {"out0", "out1", "out2", "grad_mask_logits", "grad_bg_depth"}
+    # (8, 16, 256, 256) fp32: 105 elements per pixel forward (6·16 + 9), 189 backward (11·16 + 13)
+    assert minimal_elements(8, 16, 256, 256) == (8 * 65536 * 105, 8 * 65536 * 189)
