@@ -21,6 +21,13 @@ COMPAT_FLAGS: dict[str, tuple[bool, str]] = {
         "(250*pi + 2.5*eps) in training and in evaluation. False: no noise (deterministic "
         "occlusion order).",
     ),
+    "hyper_shared_offset": (
+        True,
+        "Upstream HyperSequential never advances its slice offset (nn/hypernets.py at b4abc3a, not in "
+        "reference §6.3): every hyper layer of a sub-network reads the *leading* num_weights() values "
+        "of base_weights and of the per-slot dynamic vector, so layers share weights. False: layer i "
+        "reads its own slice [a_i, b_i), as the reference describes. (Read by the encoder.)",
+    ),
 }
 
 

@@ -1,0 +1,143 @@
+"""Convert upstream Loci-Segmented state dicts into ours (reference §15.1, §24.11b).
+
+``convert_state_dict(sd, kind="pretrainer")`` takes the state dict of an upstream
+``LociPretrainer`` (with or without the Lightning module's ``net.`` prefix) and returns one that
+``loci_fast.model.LociPretrainer.load_state_dict(..., strict=True)`` accepts. Every upstream key
+is placed by exactly one rule below or reported; unused upstream tensors (the ``legacy`` switches,
+which must be 0, and ``gestalt_mean``/``gestalt_std``) are dropped.
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable, Mapping
+
+import torch
+from torch import nn
+
+KINDS = ("pretrainer",)
+_DROP = "drop"
+_LEGACY = "legacy"
+
+
+def _same(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def _as_conv1x1(t: torch.Tensor) -> torch.Tensor:
+    # upstream Conv1x1 is a Linear (out, in); ours is a 1x1 Conv2d (out, in, 1, 1)
+    return t.reshape(*t.shape, 1, 1) if t.dim() == 2 else t
+
+
+def _as_scalar(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(()) if t.numel() == 1 else t
+
+
+_WB12 = r"(?:weight|bias)[12]"  # parameters of the patch-codec MLPs
+_DEC_DR = r"decoder\.to_(?:depth|rgb)|(?:depth|rgb)_pretrainer\.decoder"  # depth and RGB decoders
+_DEC_M = r"decoder\.to_mask|mask_pretrainer\.decoder"  # mask decoders
+
+# (pattern on the upstream key, our key as a re.Match.expand template or a marker, tensor transform)
+_RULES: list[tuple[re.Pattern, str, Callable[[torch.Tensor], torch.Tensor]]] = [(re.compile(p), r, f) for p, r, f in [
+    (r"^gestalt_(?:mean|std)$", _DROP, _same),  # unused parameters of upstream's pretrainer
+    (r"^(?:.+\.)?legacy$", _LEGACY, _same),  # always-off old std parameterisation (checked to be 0)
+    # the encoder's module names follow upstream's one to one
+    (r"^encoder\.(.+)$", r"encoder.\1", _same),
+    # mask decoders: conv stack and the x16 upscaler
+    (rf"^({_DEC_M})\.(decoder\.\d+\.(?:weight|bias)|mask_reconstruction\.{_WB12})$", r"\1.\2", _same),
+    # depth and RGB decoders: upstream's Linear "Conv1x1" is our 1x1 convolution
+    (rf"^({_DEC_DR})\.layers\.0\.linear\.(weight|bias)$", r"\1.layers.0.\2", _as_conv1x1),
+    (rf"^({_DEC_DR})\.(layers\.[1-9]\d*\..+)$", r"\1.\2", _same),
+    (rf"^({_DEC_DR})\.((?:mask|depth)_encoder\.0\.{_WB12})$", r"\1.\2", _same),
+    (rf"^({_DEC_DR})\.(depth_upscale\.{_WB12}|rgb_upscale\.0\.{_WB12})$", r"\1.\2", _same),
+    # per-modality pretraining encoders: embedding, ConvNeXt, pooling are one GestaltEncoder here
+    (rf"^(mask|depth|rgb)_pretrainer\.\1_embedding\.(0\.{_WB12})$", r"\1_pretrainer.encoder.embedding.\2", _same),
+    (r"^(mask|depth|rgb)_pretrainer\.encoder\.(\d+\..+)$", r"\1_pretrainer.encoder.encoder.\2", _same),
+    (r"^(mask|depth|rgb)_pretrainer\.pool\.0\.(residual\.[02]\.(?:weight|bias))$",
+     r"\1_pretrainer.encoder.pool.\2", _same),
+    # stand-alone patch autoencoders of mode "embedding"
+    (rf"^((?:mask|depth|rgb)_patch_embedding\.0\.{_WB12})$", r"\1", _same),
+    (rf"^((?:mask|depth)_patch_reconstruction\.{_WB12}|rgb_patch_reconstruction\.0\.{_WB12})$", r"\1", _same),
+    # learnt initial std and depth; schedule counters
+    (r"^(std|depth)$", r"\1", _same),
+    (r"^(gestalt_loss|init_weight0|init_weight1)\.num_updates$", r"\1.num_updates", _as_scalar),
+    (r"^decying_mse\.num_updates$", "decaying_mse.num_updates", _as_scalar),
+    (r"^init_counter$", "init_counter.num_updates", _as_scalar),
+]]
+
+
+def strip_lightning_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the Lightning module's ``net.`` prefix when every key has it; otherwise return a copy."""
+    keys = list(state_dict)
+    if keys and all(k.startswith("net.") for k in keys):
+        return {k[len("net."):]: v for k, v in state_dict.items()}
+    return dict(state_dict)
+
+
+def _format(keys: list[str]) -> str:
+    return "\n  " + "\n  ".join(keys)
+
+
+def check_against(converted: Mapping[str, torch.Tensor], model: nn.Module) -> None:
+    """Raise ValueError naming every missing, unexpected or wrongly shaped key for ``model``."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in converted]
+    unexpected = [k for k in converted if k not in expected]
+    shapes = [f"{k}: checkpoint {tuple(converted[k].shape)}, model {tuple(v.shape)}"
+              for k, v in expected.items() if k in converted and tuple(converted[k].shape) != tuple(v.shape)]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} keys the model needs are missing from the checkpoint:{_format(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} checkpoint keys have no place in the model:{_format(unexpected)}")
+    if shapes:
+        problems.append(f"{len(shapes)} tensors have the wrong shape (was the checkpoint trained with another "
+                        f"config? pass the config it was trained with):{_format(shapes)}")
+    if problems:
+        raise ValueError("converted upstream state dict does not fit the model:\n" + "\n".join(problems))
+
+
+def convert_state_dict(state_dict: Mapping[str, torch.Tensor], kind: str = "pretrainer", *,
+                       model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """Upstream ``LociPretrainer`` state dict -> ours (see the module docstring).
+
+    With ``model`` the result is also checked key by key and shape by shape against
+    ``model.state_dict()``. Raises ValueError naming every key that no rule places, every
+    non-zero ``legacy`` switch, and (with ``model``) every mismatch.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind: unknown checkpoint kind {kind!r}; supported: {', '.join(KINDS)}")
+    if not isinstance(state_dict, Mapping):
+        raise ValueError(f"state_dict: expected a mapping of names to tensors, received {type(state_dict).__name__}")
+    source = strip_lightning_prefix(state_dict)
+    out: dict[str, torch.Tensor] = {}
+    unplaced, legacy_on, not_tensors = [], [], []
+    for key, value in source.items():
+        if not isinstance(value, torch.Tensor):
+            not_tensors.append(f"{key} ({type(value).__name__})")
+            continue
+        for pattern, target, transform in _RULES:
+            match = pattern.match(key)
+            if match is None:
+                continue
+            if target == _LEGACY:
+                if value.numel() != 1 or float(value) != 0:
+                    legacy_on.append(f"{key} = {value.tolist()}")
+            elif target != _DROP:
+                out[match.expand(target)] = transform(value)
+            break
+        else:
+            unplaced.append(key)
+    problems = []
+    if unplaced:
+        problems.append(f"{len(unplaced)} keys are not part of an upstream LociPretrainer (is this the right "
+                        f"checkpoint kind?):{_format(unplaced)}")
+    if legacy_on:
+        problems.append("the legacy sigmoid-std switch is on, which loci-fast does not implement (only "
+                        f"checkpoints with every 'legacy' buffer 0 convert):{_format(legacy_on)}")
+    if not_tensors:
+        problems.append(f"entries that are not tensors:{_format(not_tensors)}")
+    if problems:
+        raise ValueError("cannot convert the upstream state dict:\n" + "\n".join(problems))
+    if model is not None:
+        check_against(out, model)
+    return out
