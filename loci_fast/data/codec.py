@@ -45,7 +45,7 @@ def decode_image(data: bytes, n: int, *, channels: int | None = None) -> np.ndar
     with Image.open(io.BytesIO(data)) as im:
         if channels == 3 and im.mode != "RGB":
             im = im.convert("RGB")
-        arr = np.asarray(im)
+        arr = np.array(im)  # writable copy: torch.from_numpy warns on read-only arrays
     if arr.shape[0] % n:
         raise ValueError(f"image height {arr.shape[0]} is not a multiple of {n} stacked frames")
     return arr.reshape(n, arr.shape[0] // n, *arr.shape[1:])

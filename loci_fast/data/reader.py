@@ -73,8 +73,10 @@ def _split_name(name: str) -> tuple[str, str]:
     return prefix + key, fld
 
 
-def iter_raw(shard: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+def iter_raw(shard: str, only: Iterable[str] | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Yield ``(key, {field: bytes})`` for each sample of a tar shard, strictly.
+
+    ``only`` limits which fields are read (the others are skipped by seeking), e.g. ``("meta.json",)``.
 
     Raises ``ShardError`` for a missing, non-tar, corrupt or truncated shard (after yielding the
     samples that precede the damage, except a last sample that the damage may have cut short).
@@ -85,6 +87,7 @@ def iter_raw(shard: str) -> Iterator[tuple[str, dict[str, bytes]]]:
         tf = tarfile.open(shard, mode="r:")
     except (tarfile.TarError, OSError) as err:
         raise ShardError(shard, f"not a readable tar file ({err})", REWRITE) from None
+    only = None if only is None else set(only)
     with tf:
         key, fields = None, {}
         try:
@@ -98,7 +101,8 @@ def iter_raw(shard: str) -> Iterator[tuple[str, dict[str, bytes]]]:
                     key, fields = k, {}
                 if fld in fields:
                     raise ShardError(shard, f"member {member.name!r} appears twice", REWRITE)
-                fields[fld] = tf.extractfile(member).read()
+                if only is None or fld in only:
+                    fields[fld] = tf.extractfile(member).read()
             end = tf.offset
         except tarfile.TarError as err:
             raise ShardError(shard, f"the tar is truncated or corrupt near sample {key!r} ({err})", REWRITE) from None
