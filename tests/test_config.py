@@ -191,11 +191,40 @@ def test_data_entry_needs_exactly_one_source():
     assert "exactly one" in str(raises(minimal(), overrides={"data.val": both}))
 
 
-def test_cross_key_checks():
-    err = raises(minimal(), overrides={"model.gestalt_size": 32, "model.embedding.mask.channels": 32})
-    assert err.key_path == "model.gestalt_size" and "embedding.mask.channels" in str(err)
-    assert raises(minimal(), overrides={"model.input_size": [64, 80]}).key_path == "model.input_size.1"
-    assert raises(minimal(), overrides={"model.encoder.blocks": [1, 1, 1, 1]}).key_path == "model.encoder.blocks"
+@pytest.mark.parametrize("overrides,key,fragment", [
+    ({"model.gestalt_size": 32, "model.embedding.mask.channels": 32}, "model.gestalt_size",
+     "embedding.mask.channels"),
+    ({"model.input_size": [64, 80]}, "model.input_size.1", "multiple of 32"),
+    ({"model.input_size": [32, 64]}, "model.input_size.0", ">= 64"),
+    ({"model.encoder.blocks": [1, 1, 1, 1]}, "model.encoder.blocks", "hidden layers"),
+    ({"model.encoder.channels": 24}, "model.encoder.channels", "multiple of 16"),
+    ({"model.predictor.channels": 197}, "model.predictor.channels", ">= 3 * gestalt_size + 6 = 198"),
+    ({"model.background.depth_context_size": 32}, "model.background.depth_context_size", "heads"),
+    ({"pretrainer_iterations": 4}, "pretrainer_iterations", "<= 3"),
+])
+def test_cross_key_checks(overrides, key, fragment):
+    err = raises(minimal(), overrides=overrides)
+    assert err.key_path == key and fragment in str(err)
+
+
+def test_cross_key_limits_are_inclusive():
+    cfg = load_config(minimal(), overrides={"model.predictor.channels": 198, "model.input_size": [64, 64],
+                                            "model.encoder.channels": 16, "model.background.latent_channels": 64,
+                                            "pretrainer_iterations": 3, "model.embedding.mask.channels": 32})
+    assert cfg.model.predictor.channels == 198
+
+
+@pytest.mark.parametrize("stage", sorted(STAGE_VALUES))
+def test_tiny_configs_match_their_stage_and_are_small(stage):
+    full = load_config(ROOT / "configs" / f"{stage}.json")
+    tiny = load_config(ROOT / "configs" / "tiny" / f"{stage}.json")
+    same = ("pretraining_mode", "pretrainer_iterations")
+    assert [tiny[k] for k in same] == [full[k] for k in same]
+    assert (tiny.model.input_depth, tiny.model.inference_mode) == (full.model.input_depth, full.model.inference_mode)
+    m = tiny.model
+    assert max(m.input_size) <= 64 and m.batch_size <= 2 and m.gestalt_size <= 32
+    assert m.encoder.channels <= 16 and m.encoder.hyper_channels <= 32 and m.predictor.channels <= 128
+    assert tiny.num_workers == 0 and tiny.prefetch_factor is None
 
 
 def test_legacy_config_is_rejected_with_explanation():
@@ -308,10 +337,10 @@ def test_hash_is_stable_and_canonical(tmp_path):
 # --- overrides -------------------------------------------------------------------------------
 
 def test_overrides():
-    cfg = load_config(minimal(), overrides={"model.batch_size": 4, "model.encoder.channels": 8,
+    cfg = load_config(minimal(), overrides={"model.batch_size": 4, "model.encoder.channels": 48,
                                             "data.train": "shards/x-{000000..000003}.tar",
                                             "data.val": ["v-*.tar", {"path": "v.hdf5", "weight": 0.5}]})
-    assert cfg.model.batch_size == 4 and cfg.model.encoder.channels == 8
+    assert cfg.model.batch_size == 4 and cfg.model.encoder.channels == 48
     assert [e.shards for e in cfg.data.train] == ["shards/x-{000000..000003}.tar"]
     assert cfg.data.val[0].shards == "v-*.tar" and cfg.data.val[1].path == "v.hdf5"
     again = load_config(cfg.to_dict(), overrides={"data.val.1.weight": 3})
@@ -338,7 +367,7 @@ def test_parse_overrides():
 def test_input_is_not_mutated():
     data = minimal()
     before = copy.deepcopy(data)
-    load_config(data, overrides={"model.encoder.channels": 8})
+    load_config(data, overrides={"model.encoder.channels": 48})
     assert data == before
 
 

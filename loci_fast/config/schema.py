@@ -86,21 +86,39 @@ def _decoder(blocks: list, layers: int | None) -> Section:
 
 
 def _model_post(model: dict, path: str) -> None:
-    # Upstream MaskDecoder asserts G // 2 >= mask channels (§8.1); say so before the model does.
-    if model["gestalt_size"] // 2 < model["embedding"]["mask"]["channels"]:
-        raise ConfigError(join(path, "gestalt_size"),
-                          f"gestalt_size // 2 ({model['gestalt_size'] // 2}) must be >= "
-                          f"embedding.mask.channels ({model['embedding']['mask']['channels']}); "
-                          "raise gestalt_size or lower embedding.mask.channels")
-    # The encoder downsamples by 32 and the gestalt pooling grid (input/32) needs 2+ cells per side.
+    """Cross-key limits that upstream's modules assert (or crash on) at construction time."""
+    g, enc, bg = model["gestalt_size"], model["encoder"], model["background"]
+    mask_ch, pred_ch = model["embedding"]["mask"]["channels"], model["predictor"]["channels"]
     for i, side in enumerate(model["input_size"]):
         if side % 32 or side < 64:
-            raise ConfigError(join(join(path, "input_size"), i),
-                              f"{side} must be a multiple of 32 and >= 64 (the encoder downsamples by "
-                              "32 and the gestalt grid needs at least 2x2 cells)")
-    if model["encoder"]["blocks"][2] < 2:
-        raise ConfigError(join(join(path, "encoder"), "blocks"),
-                          "blocks[2] must be >= 2: the hypernetwork MLP has blocks[2] - 2 hidden layers")
+            raise ConfigError(join(path, f"input_size.{i}"),
+                              f"{side} must be a multiple of 32 and >= 64: the encoder downsamples by 32 "
+                              "and the gestalt pooling grid (input/32) needs at least 2x2 cells")
+    rules = [
+        (g // 2 >= mask_ch, "gestalt_size",
+         f"gestalt_size // 2 ({g // 2}) must be >= embedding.mask.channels ({mask_ch}) (MaskDecoder, §8.1)"),
+        (enc["channels"] % 16 == 0, "encoder.channels",
+         f"{enc['channels']} must be a multiple of 16: the stem's first patch convolution widens the "
+         "16-channel slot input by an integer factor (§7.3)"),
+        (enc["blocks"][2] >= 2, "encoder.blocks",
+         "blocks[2] must be >= 2: the hypernetwork MLP has blocks[2] - 2 hidden layers (§7.4)"),
+        (pred_ch >= 3 * g + 6, "predictor.channels",
+         f"{pred_ch} must be >= 3 * gestalt_size + 6 = {3 * g + 6}: the predictor's input embedding "
+         "may not narrow its tokens"),
+    ]
+    # Upstream's attention layers get min(1, C // 64) heads (§24.4): zero heads, a crash, below 64.
+    for key in ("latent_channels", "motion_context_size", "depth_context_size"):
+        rules.append((bg[key] >= 64, f"background.{key}",
+                      f"{bg[key]} must be >= 64: the background's attention has min(1, C // 64) heads (§24.4)"))
+    for ok, key, problem in rules:
+        if not ok:
+            raise ConfigError(join(path, key), problem)
+
+
+def _root_post(cfg: dict, path: str) -> None:
+    if cfg["pretrainer_iterations"] > 3:
+        raise ConfigError(join(path, "pretrainer_iterations"),
+                          f"{cfg['pretrainer_iterations']} must be <= 3 (stage 2 has three refinement passes, §15.3)")
 
 
 MODEL = Section({
@@ -183,11 +201,11 @@ CONFIG = Section({
     "pretrainer_iterations": Field(Int(min=0), 3, "pretrainer refinement passes (0: stage 1, 3: stage 2)"),
     "evalualte_ami": Field(Bool(), True, "compute AMI in validation (upstream spelling)"),
     "num_workers": Field(Int(min=0), 4, "data-loader workers per rank"),
-    "prefetch_factor": Field(Int(min=1), 1, "batches prefetched per worker"),
+    "prefetch_factor": Field(Nullable(Int(min=1)), 1, "batches prefetched per worker (null with num_workers 0)"),
     "world_size": Field(Int(min=1), 1, "upstream world size (informational; the launcher decides)"),
     "seed": Field(Int(min=0), 1234, "random seed (upstream --seed default)"),
     "deepspeed": Field(Nullable(Str()), None, "path of a DeepSpeed JSON config (relative to the cwd)"),
     "kernels": Field(Section({
         "backend": Field(Choice(*KERNEL_BACKENDS), "auto", "loci_fast.kernels backend"),
     }, "fused kernels"), {}),
-}, "a loci-fast config")
+}, "a loci-fast config", post=_root_post)
