@@ -1,0 +1,1 @@
+"""The built-in stages (registered on import)."""

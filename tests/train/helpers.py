@@ -1,0 +1,89 @@
+"""Shared pieces of the trainer tests: toy configs and shards, subprocess runs, metrics."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from loci_fast.train.logs import read_metrics
+
+from .toy_stage import write_toy_shards
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+TOY = "tests.train.toy_stage:TOY"
+
+
+def toy_setup(tmp: Path, batch_size: int = 4) -> tuple[Path, str]:
+    """A toy training config and its shard pattern under ``tmp``."""
+    cfg = tmp / "toy.json"
+    cfg.write_text(json.dumps({"model_path": "toy", "model": {
+        "batch_size": batch_size, "num_slots": 1, "gestalt_size": 64, "input_size": [64, 64]}}))
+    return cfg, write_toy_shards(tmp / "shards")
+
+
+def train_args(cfg: Path, shards: str, out: Path, *extra: str) -> list[str]:
+    return ["train", "--config", str(cfg), "--stage", TOY, "--data", shards, "--out", str(out),
+            "--no-progress", "--image-every", "1000", *extra]
+
+
+def launcher(kind: str, nproc: int = 2) -> list[str]:
+    """The command prefix that starts ``loci_fast.cli`` with ``nproc`` ranks."""
+    if kind == "deepspeed":
+        return [str(BIN / "deepspeed"), "--num_gpus", str(nproc), "--master_port",
+                str(_port()), "--module", "loci_fast.cli"]
+    if kind == "torchrun":
+        return [str(BIN / "torchrun"), "--nproc_per_node", str(nproc), "--master_port",
+                str(_port()), "-m", "loci_fast.cli"]
+    return [sys.executable, "-m", "loci_fast.cli"]
+
+
+def _port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
+    e.pop("WORLD_SIZE", None)
+    return e
+
+
+def run(cmd: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
+
+
+def start(cmd: list[str]) -> subprocess.Popen:
+    """Start ``cmd`` in its own process group, so a signal can reach every rank at once."""
+    return subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def wait_for_step(proc: subprocess.Popen, metrics: Path, step: int, timeout: float = 180) -> int:
+    """Block until metrics.jsonl records ``step`` (or later); returns the last step seen."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended early (rc {proc.returncode}):\n{proc.stdout.read()}")
+        if metrics.exists():
+            records = read_metrics(metrics)
+            if records and records[-1]["step"] >= step:
+                return records[-1]["step"]
+        time.sleep(0.05)
+    raise AssertionError(f"step {step} not reached in {timeout} s")
+
+
+def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    os.killpg(proc.pid, sig)
+
+
+def losses(out: Path) -> list[tuple[int, float]]:
+    return [(r["step"], r["loss"]) for r in read_metrics(out / "metrics.jsonl")]

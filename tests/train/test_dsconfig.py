@@ -1,0 +1,66 @@
+"""The DeepSpeed config is filled from the training config and contradictions are refused."""
+import json
+from pathlib import Path
+
+import pytest
+
+from loci_fast.train.dsconfig import engine_dtype_name, read_ds_config, resolve_ds_config
+from loci_fast.train.errors import TrainError
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
+BASE = dict(micro_batch=4, grad_accum=1, world_size=2, mixed_precision=False, learning_rate=1e-4,
+            on_gpu=False)
+
+
+def test_auto_fields_are_filled_from_the_training_config():
+    ds, client = resolve_ds_config(read_ds_config(None), **BASE)
+    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"],
+            ds["train_batch_size"]) == (4, 1, 8)
+    assert client and engine_dtype_name(ds) == "fp32"
+
+
+@pytest.mark.parametrize("field, value, names", [
+    ("train_micro_batch_size_per_gpu", 8, "model.batch_size"),
+    ("gradient_accumulation_steps", 2, "model.gradient_accumulation_steps"),
+    ("train_batch_size", 16, "ranks"),
+])
+def test_batch_size_contradictions_are_refused(field, value, names):
+    with pytest.raises(TrainError, match=f"{field}={value}.*{names}"):
+        resolve_ds_config({field: value}, **BASE)
+
+
+def test_half_precision_needs_mixed_precision_in_the_training_config():
+    with pytest.raises(TrainError, match="bf16.*mixed_precision=false"):
+        resolve_ds_config({"bf16": {"enabled": True}}, **BASE)
+    with pytest.raises(TrainError, match="mixed_precision=true.*fp32"):
+        resolve_ds_config({}, **{**BASE, "mixed_precision": True})
+    ds, _ = resolve_ds_config({"bf16": {"enabled": True}}, **{**BASE, "mixed_precision": True})
+    assert engine_dtype_name(ds) == "bf16"
+
+
+def test_zero_with_our_optimizer_is_allowed_and_deepspeed_adam_stays_off_the_jit():
+    ds, client = resolve_ds_config({"zero_optimization": {"stage": 2}}, **BASE)
+    assert client and ds["zero_allow_untested_optimizer"] is True
+    ds, client = resolve_ds_config({"optimizer": {"type": "AdamW", "params": {}}}, **BASE)
+    assert not client and ds["optimizer"]["params"] == {"lr": 1e-4, "torch_adam": True}
+    with pytest.raises(TrainError, match="lr=0.1"):
+        resolve_ds_config({"optimizer": {"type": "AdamW", "params": {"lr": 0.1}}}, **BASE)
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.json")), ids=lambda p: p.name)
+def test_shipped_deepspeed_configs_resolve(path):
+    ds = json.loads(path.read_text())
+    half = any(ds.get(k, {}).get("enabled") for k in ("bf16", "fp16"))
+    gas = ds.get("gradient_accumulation_steps", 1)
+    resolved, _ = resolve_ds_config(ds, **{**BASE, "mixed_precision": half,
+                                           "grad_accum": gas if gas != "auto" else 1})
+    assert resolved["train_batch_size"] == 4 * resolved["gradient_accumulation_steps"] * 2
+
+
+def test_missing_or_broken_file_is_named(tmp_path):
+    with pytest.raises(TrainError, match="does not exist"):
+        read_ds_config(tmp_path / "nope.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    with pytest.raises(TrainError, match="not valid JSON"):
+        read_ds_config(bad)
