@@ -384,3 +384,18 @@ def test_describe_defaults_lists_every_key():
     for key in leaves(cfg):
         assert key in text, key
     assert "data.train[].shards" in text and "REQUIRED" in text
+
+
+def test_command_line_validates_files(tmp_path, capsys):
+    from loci_fast.config.__main__ import main
+
+    good = ROOT / "configs" / "tiny" / "pretrain-mask-decoder.json"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**minimal(), "learning_rat": 1.0}))
+    assert main([str(good), "--set", "model.batch_size=3"]) == 0
+    out = capsys.readouterr().out
+    assert load_config(good, overrides={"model.batch_size": 3}).hash()[:16] in out
+    assert main([str(good), str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "learning_rat" in err and "'learning_rate'" in err
+    assert main([]) == 0 and "model.encoder.hyper_channels" in capsys.readouterr().out

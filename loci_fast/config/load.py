@@ -6,7 +6,7 @@ import json
 import os
 from typing import Any, Iterable, Mapping, Optional, Union
 
-from .errors import ConfigError, closest, join
+from .errors import ConfigError
 from .kinds import defaults_table
 from .node import Config
 from .schema import CONFIG
@@ -97,26 +97,29 @@ def _check_legacy(data: Mapping) -> None:
 
 
 def _set_dotted(data: dict, dotted: str, value: Any) -> None:
-    """Set ``data[a][b][c] = value`` for ``dotted = "a.b.c"``; numeric parts index lists."""
+    """Set ``data[a][b][c] = value`` for ``dotted = "a.b.c"``; numeric parts index lists.
+
+    Missing sections on the way are created empty, so the schema check names them if they are wrong.
+    """
     parts = dotted.split(".")
-    if not dotted or any(p == "" for p in parts):
+    if any(p == "" for p in parts):
         raise ConfigError(dotted, "override keys are dotted key paths like 'model.batch_size'")
     node: Any = data
-    for depth, part in enumerate(parts[:-1]):
+    for depth, part in enumerate(parts):
         here = ".".join(parts[: depth + 1])
+        last = depth == len(parts) - 1
         if isinstance(node, list):
-            node = node[_index(node, part, here)]
+            index = _index(node, part, here)
+            if last:
+                node[index] = value
+            node = node[index]
         elif isinstance(node, dict):
-            if part not in node:
-                node[part] = {}  # the schema check will name it if it is not a valid section
-            elif not isinstance(node[part], (dict, list)):
-                raise ConfigError(here, f"is a {type(node[part]).__name__}, so '{dotted}' cannot be set")
-            node = node[part]
-    last = parts[-1]
-    if isinstance(node, list):
-        node[_index(node, last, dotted)] = value
-    else:
-        node[last] = value
+            if last:
+                node[part] = value
+            node = node.setdefault(part, {})
+        else:
+            parent = ".".join(parts[:depth])
+            raise ConfigError(parent, f"holds the {type(node).__name__} {node!r}, so '{dotted}' cannot be set")
 
 
 def _index(items: list, part: str, path: str) -> int:
@@ -172,12 +175,12 @@ def load_config(source: Union[PathLike, Mapping[str, Any]],
 def describe_defaults() -> str:
     """The defaults table: every key path, its type, its default (REQUIRED if none) and its meaning."""
     rows = defaults_table(CONFIG)
-    width = max(len(r[0]) for r in rows)
-    lines = [f"{'key':<{width}}  default  --  type; meaning"]
+    kw = max(len(r[0]) for r in rows)
+    dw = min(24, max(len(r[2]) for r in rows))
+    lines = [f"{'key':<{kw}}  {'default':<{dw}}  type; meaning"]
     for key, kind, default, doc in rows:
-        lines.append(f"{key:<{width}}  {default}  --  {kind}; {doc}")
+        lines.append(f"{key:<{kw}}  {default:<{dw}}  {kind}; {doc}")
     return "\n".join(lines)
 
 
-__all__ = ["load_config", "parse_overrides", "describe_defaults", "read_json", "strip_json_comments",
-           "closest", "join"]
+__all__ = ["load_config", "parse_overrides", "describe_defaults", "read_json", "strip_json_comments"]
