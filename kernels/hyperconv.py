@@ -82,14 +82,18 @@ def _pow2(n: int) -> int:
     return 1 << max(int(n) - 1, 0).bit_length()
 
 
-def pick_blocks(c: int, h: int, w: int, interpret: bool) -> Blocks:
+def pick_blocks(c: int, h: int, w: int, interpret: bool, backward: bool = False) -> Blocks:
     """Choose block shapes for C channels of H x W images.
 
-    About 1024 elements per program on a GPU (8 fp32 values per thread with 4 warps): 8x8 images
-    take 16 channels of the whole image, 16x16 take 4, 32x32 one whole image, 64x64 a 16x64 band.
-    The interpreter costs ~1.5 ms per program whatever its size, so it gets 4x larger blocks.
+    Forward: about 1024 elements per program on a GPU (8 fp32 values per thread with 4 warps):
+    8x8 images take 16 channels of the whole image, 16x16 take 4, 32x32 one whole image, 64x64 a
+    16x64 band. The fused backward holds twice the live tiles (shifted x and grad out), and at 1024
+    elements ptxas spills for sm_90, so it takes half. The interpreter costs ~1.5 ms per program
+    whatever its size, so there blocks are 4x larger.
     """
     budget = 4096 if interpret else 1024
+    if backward and not interpret:
+        budget //= 2
     tile_w = min(_pow2(w), 64)
     tile_h = min(_pow2(h), max(1, budget // tile_w))
     block_c = min(_pow2(c), max(1, budget // (tile_h * tile_w)))
@@ -173,10 +177,10 @@ if triton is not None:
             tl.store(dx_ptr + center, acc, mask=c_ok[:, None] & pix_ok[None, :])
 
 
-def _launch_geometry(x: torch.Tensor) -> tuple[Blocks, int, int, int]:
+def _launch_geometry(x: torch.Tensor, backward: bool) -> tuple[Blocks, int, int, int]:
     """Blocks, tiles along W, spatial tiles per image and channel blocks for ``x`` (N, C, H, W)."""
     _, c, h, w = x.shape
-    blocks = pick_blocks(c, h, w, interpret=not x.is_cuda)
+    blocks = pick_blocks(c, h, w, interpret=not x.is_cuda, backward=backward)
     tiles_w = triton.cdiv(w, blocks.tile_w)
     num_tiles = triton.cdiv(h, blocks.tile_h) * tiles_w
     return blocks, tiles_w, num_tiles, triton.cdiv(c, blocks.block_c)
@@ -189,7 +193,7 @@ def _acc_dtype(dtype: torch.dtype):
 def _forward_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     n, c, h, w = x.shape
     k = weight.shape[-1]
-    blocks, tiles_w, num_tiles, num_cblocks = _launch_geometry(x)
+    blocks, tiles_w, num_tiles, num_cblocks = _launch_geometry(x, backward=False)
     out = dispatch.empty((n, c, h, w), dtype=x.dtype, device=x.device)
     grid = (n * num_cblocks * num_tiles,)
     _hyperconv_fwd_kernel[grid](
@@ -203,7 +207,7 @@ def _backward_triton(x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tens
                      need_dw: bool, need_db: bool):
     n, c, h, w = x.shape
     k = weight.shape[-1]
-    blocks, tiles_w, num_tiles, num_cblocks = _launch_geometry(x)
+    blocks, tiles_w, num_tiles, num_cblocks = _launch_geometry(x, backward=True)
     dev, dt = x.device, x.dtype
     # One tile per image: the kernel writes final gradients. Several: per-tile partials, summed below.
     part_dt = dt if num_tiles == 1 else (torch.float64 if dt == torch.float64 else torch.float32)
@@ -228,7 +232,8 @@ def _backward_triton(x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tens
 def _sum_tiles(part: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """Second reduction stage: sum per-tile partials (dim 2) into a fresh gradient buffer."""
     out = dispatch.empty(shape, dtype=dtype, device=part.device)
-    return out.copy_(part.sum(dim=2).view(shape))
+    torch.sum(part, dim=2, out=out.view(part.shape[:2] + part.shape[3:]))  # casts to out's dtype
+    return out
 
 
 class _HyperDepthwiseConv2d(torch.autograd.Function):

@@ -80,10 +80,28 @@ def test_bias_changes_output(gen):
 def test_several_tiles_and_channel_blocks(gen, monkeypatch):
     """Small forced blocks: partial channel blocks, several spatial tiles, the two-stage reduction."""
     monkeypatch.setattr(hyperconv, "pick_blocks",
-                        lambda c, h, w, interpret: hyperconv.Blocks(block_c=2, tile_h=4, tile_w=4, num_warps=4))
-    geometry = hyperconv._launch_geometry(torch.empty(1, 5, 9, 6))
+                        lambda c, h, w, interpret, backward=False: hyperconv.Blocks(block_c=2, tile_h=4, tile_w=4, num_warps=4))
+    geometry = hyperconv._launch_geometry(torch.empty(1, 5, 9, 6), backward=True)
     assert geometry[1:] == (2, 6, 3)  # tiles along W, tiles per image, channel blocks
     _check_against_reference(*_inputs(gen, 1, 5, 9, 6, 5), torch.float32)
+
+
+@pytest.mark.parametrize("backward", [False, True])
+def test_gpu_block_shapes(backward):
+    """GPU launch shapes: powers of two, within the element budget, never wider than the image."""
+    budget = 512 if backward else 1024
+    for c in (1, 3, 32, 64, 128, 256):
+        for h, w in ((1, 1), (4, 4), (8, 8), (5, 7), (16, 16), (32, 32), (64, 64), (17, 130)):
+            b = hyperconv.pick_blocks(c, h, w, interpret=False, backward=backward)
+            sizes = (b.block_c, b.tile_h, b.tile_w)
+            assert all(s & (s - 1) == 0 for s in sizes), sizes
+            assert b.block_c * b.tile_h * b.tile_w <= budget, sizes
+            assert b.block_c < 2 * c and b.tile_h < 2 * h and b.tile_w < 2 * w, (sizes, c, h, w)
+    # The encoder's shapes fill the budget (no half-empty programs) and 8x8..32x32 fit one tile.
+    for c, s in ((32, 64), (64, 32), (128, 16), (256, 8)):
+        b = hyperconv.pick_blocks(c, s, s, interpret=False, backward=backward)
+        assert b.block_c * b.tile_h * b.tile_w == budget
+        assert (b.tile_h, b.tile_w) == (s, s) or s == 64 or (backward and s == 32)
 
 
 def test_non_contiguous_inputs(gen):
@@ -135,6 +153,26 @@ def test_reference_is_per_sample_depthwise(gen):
     x, weight, b, _ = _inputs(gen, 3, 4, 6, 5, 5)
     loop = torch.cat([F.conv2d(x[i:i + 1], weight[i].unsqueeze(1), b[i], padding=2, groups=4) for i in range(3)])
     assert rel_err(hyper_depthwise_conv2d_reference(x, weight, b), loop) <= TOL[torch.float64]
+
+
+def test_bench_cases():
+    """The suite's shapes: the encoder's on a GPU, a one-shape quick mode, cpu-gate shapes that pass."""
+    from loci_fast.bench import hyperconv as bench
+    from loci_fast.bench.runner import check_case
+
+    def shapes(cs):
+        return [tuple(c.shape[d] for d in "NCHW") for c in cs]
+
+    gpu = bench.cases(quick=False, device=torch.device("cuda"))
+    assert shapes(gpu) == [(n, c, s, s) for n in (16, 128) for c, s in ((32, 64), (64, 32), (128, 16), (256, 8))]
+    assert all(c.shape["k"] == 7 and c.shape["bias"] for c in gpu)
+    assert shapes(bench.cases(quick=True, device=torch.device("cuda"))) == [(128, 128, 16, 16)]
+    case = gpu[0]  # minimal bytes: fp32 forward reads x, weight, bias and writes out
+    assert case.bytes_fwd(4) == 4 * (2 * 16 * 32 * 64 * 64 + 16 * 32 * 49 + 16 * 32)
+    cpu = bench.cases(quick=True, device=torch.device("cpu"))
+    assert all(max(s[2:]) <= 16 for s in shapes(cpu))
+    gate = check_case(cpu[0], torch.float32, torch.device("cpu"))
+    assert gate["ok"] and set(gate["errors"]) == {"out0", "grad_x", "grad_weight", "grad_bias"}, gate
 
 
 # ---------------------------------------------------------------- dispatch
