@@ -84,14 +84,28 @@ def test_stage_configs_carry_upstream_values(stage):
     assert all(e.shards and e.path is None for split in ("train", "val", "test") for e in cfg.data[split])
 
 
+STAGE_NAMES = {"mask-decoder": "mask", "depth-decoder": "depth", "rgb-decoder": "rgb", "stage1": "stage1",
+               "stage2": "stage2", "background": "background", "loci-s": "loci"}
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_shipped_configs_name_their_stage_and_deepspeed_config(path):
+    cfg = load_config(path)
+    expect = [name for part, name in STAGE_NAMES.items() if part in path.stem]
+    assert [cfg.stage] == expect
+    # upstream runs in fp32 without clipping (§17.1); the path is relative to the repository root
+    assert cfg.deepspeed == "configs/deepspeed/fp32.json" and (ROOT / cfg.deepspeed).is_file()
+
+
 def _is_subset(small, big) -> bool:
     """Every key of ``small`` is in ``big`` with an equal value (recursively)."""
     if isinstance(small, dict):
         return isinstance(big, dict) and all(k in big and _is_subset(v, big[k]) for k, v in small.items())
     if isinstance(small, list):
         return isinstance(big, list) and len(small) == len(big) and all(map(_is_subset, small, big))
-    return small == big and type(small) is type(big) or (
-        isinstance(small, int) and not isinstance(small, bool) and isinstance(big, float) and small == big)
+    if type(small) is int and type(big) is float:  # number fields store JSON integers as floats
+        return small == big
+    return type(small) is type(big) and small == big
 
 
 # --- errors ----------------------------------------------------------------------------------
@@ -346,6 +360,8 @@ def test_overrides():
     again = load_config(cfg.to_dict(), overrides={"data.val.1.weight": 3})
     assert again.data.val[1].weight == 3.0
     assert cfg.replace({"model.batch_size": 1}).model.batch_size == 1 and cfg.model.batch_size == 4
+    # a loaded config is itself a valid source, overrides reaching into its lists included
+    assert load_config(cfg, overrides={"data.val.1.weight": 2}).data.val[1].weight == 2.0
 
 
 def test_override_errors_name_the_key():

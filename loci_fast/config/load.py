@@ -128,6 +128,15 @@ def _index(items: list, part: str, path: str) -> int:
     return int(part)
 
 
+def _plain(value: Any) -> Any:
+    """Mappings -> dicts and sequences -> lists, recursively, copying everything."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return copy.deepcopy(value)
+
+
 def parse_overrides(items: Iterable[str]) -> dict:
     """``["model.batch_size=4", "data.train=shards/x-{000000..000003}.tar"]`` -> an overrides dict.
 
@@ -156,7 +165,7 @@ def load_config(source: Union[PathLike, Mapping[str, Any]],
     """
     origin: Optional[str] = None
     if isinstance(source, Mapping):
-        data = copy.deepcopy(dict(source))
+        data = _plain(source)  # a fresh copy; also turns a loaded Config back into dicts and lists
     else:
         origin = os.fspath(source)
         data = read_json(origin)

@@ -204,6 +204,8 @@ CONFIG = Section({
     "prefetch_factor": Field(Nullable(Int(min=1)), 1, "batches prefetched per worker (null with num_workers 0)"),
     "world_size": Field(Int(min=1), 1, "upstream world size (informational; the launcher decides)"),
     "seed": Field(Int(min=0), 1234, "random seed (upstream --seed default)"),
+    "stage": Field(Nullable(Str()), None, "trainer stage (mask|depth|rgb|stage1|stage2|background|loci|"
+                   "proposal or module:NAME); null: from pretraining_mode/pretrainer_iterations"),
     "deepspeed": Field(Nullable(Str()), None, "path of a DeepSpeed JSON config (relative to the cwd)"),
     "kernels": Field(Section({
         "backend": Field(Choice(*KERNEL_BACKENDS), "auto", "loci_fast.kernels backend"),
