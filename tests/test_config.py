@@ -311,6 +311,7 @@ def test_to_dict_is_input_plus_defaults():
     assert out["model"]["encoder"] == {"channels": 16, "blocks": [1, 1, 3, 2], "hyper_channels": 256}
     assert out["data"]["train"][0]["weight"] == 2.0 and out["data"]["val"] == []
     assert out["kernels"] == {"backend": "auto"} and out["deepspeed"] is None
+    assert load_config(minimal(), overrides={"kernels": "triton"}).kernels.to_dict() == {"backend": "triton"}
     assert json.loads(cfg.to_json()) == out
     assert load_config(out) == cfg
 

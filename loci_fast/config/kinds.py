@@ -210,23 +210,27 @@ class Field:
 class Section(Kind):
     """A JSON object with a fixed set of keys. Unknown keys are refused, missing ones take their default.
 
-    ``post(value, path)`` may run cross-key checks on the filled-in section.
+    ``post(value, path)`` may run cross-key checks on the filled-in section. With ``shorthand`` set,
+    a bare string stands for ``{shorthand: string}`` (``"kernels": "triton"``).
     """
 
     def __init__(self, fields: Dict[str, Field], doc: str = "",
-                 post: Optional[Callable[[dict, str], None]] = None) -> None:
+                 post: Optional[Callable[[dict, str], None]] = None, shorthand: Optional[str] = None) -> None:
         self.fields = fields
         self.doc = doc
         self.post = post
+        self.shorthand = shorthand
 
     def check(self, value: Any, path: str) -> dict:
+        if self.shorthand is not None and isinstance(value, str):
+            value = {self.shorthand: value}
         if not isinstance(value, Mapping):
             raise self._wrong(value, path)
         for key in value:
             if key not in self.fields:
                 near = closest(str(key), self.fields)
-                hint = f"did you mean {near!r}? " if near else ""
-                raise ConfigError(join(path, key), f"unknown key; {hint}(valid keys here: "
+                hint = f"; did you mean {near!r}?" if near else ""
+                raise ConfigError(join(path, key), f"unknown key{hint} (valid keys here: "
                                   f"{', '.join(sorted(self.fields))})", near)
         out = {}
         for key, field in self.fields.items():
@@ -235,8 +239,8 @@ class Section(Kind):
                 out[key] = field.kind.check(value[key], sub)
             elif field.default is REQUIRED:
                 where = f"the '{path}' section" if path else "the top level"
-                raise ConfigError(sub, f"missing required key ({field.kind.describe()}: {field.doc}); "
-                                  f"add it to {where}")
+                what = f"{field.doc}, {field.kind.describe()}" if field.doc else field.kind.describe()
+                raise ConfigError(sub, f"missing required key ({what}); add it to {where}")
             else:
                 out[key] = field.kind.check(copy.deepcopy(field.default), sub)
         if self.post is not None:
@@ -244,7 +248,8 @@ class Section(Kind):
         return out
 
     def describe(self) -> str:
-        return "an object" + (f" ({self.doc})" if self.doc else "")
+        text = "an object" + (f" ({self.doc})" if self.doc else "")
+        return text + (f" or a {self.shorthand} string" if self.shorthand else "")
 
 
 def defaults_table(section: Section, path: str = "") -> Sequence[tuple]:

@@ -189,7 +189,7 @@ MODEL = Section({
 
 CONFIG = Section({
     "model_path": Field(Str(), REQUIRED, "run name; outputs go to out/<model_path>"),
-    "model": Field(MODEL, REQUIRED, "the model section"),
+    "model": Field(MODEL, REQUIRED),
     "data": Field(DATA, {}, "datasets"),
     "learning_rate": Field(Float(min=0), 1e-4, "learning rate"),
     "weight_decay": Field(Float(min=0), 1e-3, "decoupled weight decay"),
@@ -209,5 +209,5 @@ CONFIG = Section({
     "deepspeed": Field(Nullable(Str()), None, "path of a DeepSpeed JSON config (relative to the cwd)"),
     "kernels": Field(Section({
         "backend": Field(Choice(*KERNEL_BACKENDS), "auto", "loci_fast.kernels backend"),
-    }, "fused kernels"), {}),
+    }, "fused kernels", shorthand="backend"), {}),
 }, "a loci-fast config", post=_root_post)
