@@ -210,7 +210,6 @@ def test_data_entry_needs_exactly_one_source():
      "embedding.mask.channels"),
     ({"model.input_size": [64, 80]}, "model.input_size.1", "multiple of 32"),
     ({"model.input_size": [32, 64]}, "model.input_size.0", ">= 64"),
-    ({"model.encoder.blocks": [1, 1, 1, 1]}, "model.encoder.blocks", "hidden layers"),
     ({"model.encoder.channels": 24}, "model.encoder.channels", "multiple of 16"),
     ({"model.predictor.channels": 197}, "model.predictor.channels", ">= 3 * gestalt_size + 6 = 198"),
     ({"model.background.depth_context_size": 32}, "model.background.depth_context_size", "heads"),
@@ -224,7 +223,8 @@ def test_cross_key_checks(overrides, key, fragment):
 def test_cross_key_limits_are_inclusive():
     cfg = load_config(minimal(), overrides={"model.predictor.channels": 198, "model.input_size": [64, 64],
                                             "model.encoder.channels": 16, "model.background.latent_channels": 64,
-                                            "pretrainer_iterations": 3, "model.embedding.mask.channels": 32})
+                                            "pretrainer_iterations": 3, "model.embedding.mask.channels": 32,
+                                            "model.encoder.blocks": [0, 0, 0, 0]})
     assert cfg.model.predictor.channels == 198
 
 

@@ -100,8 +100,6 @@ def _model_post(model: dict, path: str) -> None:
         (enc["channels"] % 16 == 0, "encoder.channels",
          f"{enc['channels']} must be a multiple of 16: the stem's first patch convolution widens the "
          "16-channel slot input by an integer factor (§7.3)"),
-        (enc["blocks"][2] >= 2, "encoder.blocks",
-         "blocks[2] must be >= 2: the hypernetwork MLP has blocks[2] - 2 hidden layers (§7.4)"),
         (pred_ch >= 3 * g + 6, "predictor.channels",
          f"{pred_ch} must be >= 3 * gestalt_size + 6 = {3 * g + 6}: the predictor's input embedding "
          "may not narrow its tokens"),
