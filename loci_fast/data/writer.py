@@ -53,7 +53,7 @@ def encode_video(video: dict[str, Any], *, rgb_codec: str = "png") -> dict[str, 
         sample["depth.png"] = codec.encode_depth(depth, float(meta["depth_max"]))
     sample["segmentation.png"] = codec.encode_segmentation(np.asarray(seg))
     if masks is not None:
-        sample["instance_masks.png"] = codec.encode_png(masks.astype(np.uint8))
+        sample["instance_masks.png"] = codec.encode_png(masks.astype(np.uint8).reshape(-1, h, w))
     return sample
 
 

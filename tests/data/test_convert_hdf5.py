@@ -1,0 +1,50 @@
+"""`loci-fast data convert-hdf5` on a file written in the upstream layout with h5py."""
+import io
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+from loci_fast.data import iter_videos
+from loci_fast.data.convert_hdf5 import convert_hdf5
+
+from .conftest import make_upstream_hdf5
+
+
+def test_converted_frames_depth_and_masks_match_the_source(tmp_path, upstream_hdf5):
+    path, truth = upstream_hdf5
+    shards = convert_hdf5(path, tmp_path, shard_videos=1, progress=False, log=lambda s: None)
+    assert [p.name for p in shards] == ["test-000000.tar", "test-000001.tar"]
+    videos = list(iter_videos(str(tmp_path / "test-{000000..000001}.tar")))
+    assert [v["meta"]["num_frames"] for v in videos] == [5, 3]
+    img = 0
+    for v, seq in zip(videos, truth["sequences"]):
+        m = v["meta"]
+        assert m["dataset"] == "toy" and m["split"] == "test" and m["has_depth"] and m["depth_unit"] == "normalized"
+        for t in range(m["num_frames"]):
+            # Frames: exactly a plain decode of the stored JPEG, and within JPEG error of the original.
+            decoded = np.asarray(Image.open(io.BytesIO(truth["rgb_jpeg"][img].tobytes())).convert("RGB"))
+            np.testing.assert_array_equal(v["rgb"][t], decoded)
+            assert np.abs(v["rgb"][t].astype(int) - seq["rgb"][t]).mean() < 3
+            np.testing.assert_allclose(v["depth"][t], seq["depth"][t] / 255.0, atol=1e-6)
+            n = seq["masks"][t].shape[0]
+            np.testing.assert_array_equal(v["instance_masks"][t, :n], seq["masks"][t])
+            assert not v["instance_masks"][t, n:].any()  # padding to the video's largest count
+            visible = seq["masks"][t] == 255
+            expect = np.where(visible.any(0), visible.argmax(0) + 1, 0)
+            np.testing.assert_array_equal(v["segmentation"][t], expect)
+            img += 1
+        assert v["instance_masks"].shape[1] == max(s.shape[0] for s in seq["masks"])
+
+
+def test_file_without_depth_and_cli(tmp_path):
+    src = tmp_path / "nodepth.hdf5"
+    make_upstream_hdf5(src, with_depth=False, lengths=(2,))
+    out = tmp_path / "out"
+    res = subprocess.run([sys.executable, "-m", "loci_fast.cli", "data", "convert-hdf5", str(src), "--out", str(out),
+                          "--no-progress"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    (v,) = list(iter_videos(out))
+    assert v["meta"]["has_depth"] is False and v["depth"] is None
+    assert v["instance_masks"] is not None and v["meta"]["num_instances"] >= 1
