@@ -92,8 +92,8 @@ def _model_post(model: dict, path: str) -> None:
     for i, side in enumerate(model["input_size"]):
         if side % 32 or side < 64:
             raise ConfigError(join(path, f"input_size.{i}"),
-                              f"{side} must be a multiple of 32 and >= 64: the encoder downsamples by 32 "
-                              "and the gestalt pooling grid (input/32) needs at least 2x2 cells")
+                              f"{side} must be a multiple of 32 and >= 64: the encoder downsamples by 32, "
+                              "and with a 1x1 gestalt pooling grid (input 32) the Gaussians are NaN")
     rules = [
         (g // 2 >= mask_ch, "gestalt_size",
          f"gestalt_size // 2 ({g // 2}) must be >= embedding.mask.channels ({mask_ch}) (MaskDecoder, §8.1)"),
