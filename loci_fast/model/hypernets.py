@@ -104,10 +104,16 @@ class HyperSequential(nn.Module):
     Parameters: ``base_weights`` (1, Σ num_weights), initialised layer by layer, and a scalar
     ``alpha`` (1e-16 at init). ``forward(x, dynamic)`` gives layer i the slice
     base[a_i:b_i] + alpha·dynamic[:, a_i:b_i] (base only when ``dynamic`` is None).
+
+    ``slices_from_start`` (compat flag ``hyper_slices_from_start``, default True) reproduces an
+    upstream quirk: its forward never advances the offset, so every layer reads [0, n_i) of the
+    vector (layers of equal width share kernels; the tail of the vector is unused). False gives
+    each layer its own consecutive slice [a_i, b_i), as the initialisation lays them out.
     """
 
-    def __init__(self, *layers: nn.Module):
+    def __init__(self, *layers: nn.Module, slices_from_start: bool = True):
         super().__init__()
+        self.slices_from_start = slices_from_start
         self.layers = nn.Sequential(*layers)
         self.base_weights = nn.Parameter(torch.zeros(1, self.num_weights()))
         self.alpha = nn.Parameter(torch.full((1,), 1e-16))
@@ -142,5 +148,6 @@ class HyperSequential(nn.Module):
                 if dynamic is not None:
                     weights = weights + self.alpha * dynamic[:, offset:offset + m]
             x = layer(x, weights)
-            offset += m
+            if not self.slices_from_start:
+                offset += m
         return x

@@ -253,10 +253,11 @@ def test_hyper_conv2d_depthwise_slicing(gen):
         conv(x, w[:, :-1])
 
 
-def test_hyper_sequential(gen):
+@pytest.mark.parametrize("from_start", [True, False], ids=["upstream-slices", "consecutive-slices"])
+def test_hyper_sequential(gen, from_start):
     torch.manual_seed(0)
     seq = HyperSequential(NonHyperWrapper(PatchDownscale(4, 8, kernel_size=2)), HyperConvNextBlock(8),
-                          HyperConvNextBlock(8, 2))
+                          HyperConvNextBlock(8, 2), slices_from_start=from_start)
     assert seq.num_weights() == 2 * (49 * 8 + 8) and seq.base_weights.shape == (1, 800)
     assert seq.alpha.item() == pytest.approx(1e-16)
     x = rand(gen, 3, 4, 8, 8)
@@ -265,9 +266,9 @@ def test_hyper_sequential(gen):
     out = seq(x, dyn)
     assert out.shape == (3, 2, 4, 4)
     w = seq.base_weights + 0.5 * dyn
-    h = seq[0](x)
-    h = seq[1](h, w[:, :400])
-    torch.testing.assert_close(out, seq[2](h, w[:, 400:]))
+    second = w[:, :400] if from_start else w[:, 400:]  # upstream never advances the offset
+    h = seq[1](seq[0](x), w[:, :400])
+    torch.testing.assert_close(out, seq[2](h, second))
     # without dynamic weights every sample gets the base weights
     base = seq(x)
     torch.testing.assert_close(base[1:2], seq(x[1:2]))
