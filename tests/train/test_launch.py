@@ -1,0 +1,77 @@
+"""Real multi-rank runs on the CPU: deepspeed launcher, torchrun, SIGKILL + resume, SIGTERM."""
+import random
+import signal
+
+import pytest
+
+from loci_fast.train import checkpoint as ckpt
+
+from .helpers import kill_group, launcher, losses, run, start, toy_setup, train_args, wait_for_step
+
+pytestmark = pytest.mark.slow
+STEPS = ["--max-steps", "12", "--save-every", "3"]
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("launch")
+    cfg, shards = toy_setup(tmp)
+    return tmp, cfg, shards
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(toy):
+    tmp, cfg, shards = toy
+    out = tmp / "uninterrupted"
+    proc = run(launcher("deepspeed") + train_args(cfg, shards, out, *STEPS))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+def test_deepspeed_launcher_two_ranks(uninterrupted):
+    records = losses(uninterrupted)
+    assert [s for s, _ in records] == list(range(1, 13))
+    tag_dir = uninterrupted / "checkpoints" / "step_00000012"
+    assert (uninterrupted / "checkpoints" / "latest").read_text() == "step_00000012"
+    assert (tag_dir / ckpt.COMPLETE).exists()
+    assert ckpt.rank_file(tag_dir, 0).exists() and ckpt.rank_file(tag_dir, 1).exists()
+    assert ckpt.client_state(uninterrupted)["world_size"] == 2
+    assert list((uninterrupted / "tensorboard").glob("events.out.tfevents.*"))
+    assert ckpt.complete_tags(uninterrupted / "checkpoints") == ["step_00000009", "step_00000012"]
+
+
+def test_sigkill_then_resume_reproduces_the_loss_sequence(toy, uninterrupted, seed):
+    tmp, cfg, shards = toy
+    out = tmp / "killed"
+    kill_at = random.Random(seed).randint(4, 10)
+    proc = start(launcher("deepspeed") + train_args(cfg, shards, out, *STEPS))
+    try:
+        wait_for_step(proc, out / "metrics.jsonl", kill_at)
+    finally:
+        kill_group(proc, signal.SIGKILL)
+        proc.wait()
+    tag = ckpt.latest_tag(out / "checkpoints")
+    assert tag is not None and int(tag[5:]) < 12
+    resumed = run(launcher("deepspeed") + train_args(cfg, shards, out, *STEPS, "--resume", "auto"))
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"resumed from {out / 'checkpoints' / tag}" in resumed.stderr
+    assert losses(out) == losses(uninterrupted)  # bitwise: same floats, same steps
+
+
+def test_torchrun_sigterm_writes_a_checkpoint(toy):
+    tmp, cfg, shards = toy
+    out = tmp / "sigterm"
+    proc = start(launcher("torchrun") + train_args(cfg, shards, out, "--max-steps", "1000",
+                                                   "--save-every", "1000"))
+    try:
+        wait_for_step(proc, out / "metrics.jsonl", 3)
+        kill_group(proc, signal.SIGTERM)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            kill_group(proc, signal.SIGKILL)
+    last = losses(out)[-1][0]
+    assert f"stopped at step {last} (signal)" in output, output[-3000:]
+    assert ckpt.latest_tag(out / "checkpoints") == ckpt.tag_for(last)
+    state = ckpt.client_state(out)
+    assert state["step"] == last and state["world_size"] == 2
