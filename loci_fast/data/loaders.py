@@ -36,7 +36,7 @@ class StreamLoader:
     ``state_dict()`` / ``load_state_dict()`` store and restore (epoch, batches consumed per
     worker, chunk within a TBPTT group); after a restore the next ``iter()`` continues where the
     stored run stopped, without yielding consumed batches again. ``skipped`` counts bad samples and
-    shards passed over with ``on_error="skip"`` in the current epoch.
+    shards passed over with ``on_error="skip"`` so far (all epochs of this loader).
     """
 
     def __init__(self, stream: ViewStream, *, num_workers: int = 0, prefetch_factor: int | None = None,
@@ -44,6 +44,7 @@ class StreamLoader:
         self.stream, self.num_workers, self.prefetch_factor = stream, num_workers, prefetch_factor
         self.chunks = chunks
         self.epoch, self._consumed, self._skipped, self._partial = 0, {}, {}, None
+        self._skipped_before = 0  # finished epochs
 
     def __len__(self) -> int:
         n = len(self.stream)
@@ -53,11 +54,11 @@ class StreamLoader:
 
     @property
     def skipped(self) -> int:
-        return sum(self._skipped.values())
+        return self._skipped_before + sum(self._skipped.values())
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "consumed": dict(self._consumed), "partial": self._partial,
-                "skipped": dict(self._skipped), "num_workers": self.num_workers, "seed": self.stream.seed,
+                "skipped": dict(self._skipped), "skipped_before": self._skipped_before, "num_workers": self.num_workers, "seed": self.stream.seed,
                 "rank": self.stream.rank, "world_size": self.stream.world_size}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -70,6 +71,7 @@ class StreamLoader:
         self._consumed = {int(k): int(v) for k, v in state["consumed"].items()}
         self._skipped = {int(k): int(v) for k, v in state["skipped"].items()}
         self._partial = state.get("partial")
+        self._skipped_before = int(state.get("skipped_before", 0))
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         stream = self.stream
@@ -102,6 +104,7 @@ class StreamLoader:
                 yield chunk
             self._partial = None
         self.epoch += 1
+        self._skipped_before += sum(self._skipped.values())
         self._consumed, self._skipped, self._partial = {}, {}, None
 
 
