@@ -368,6 +368,8 @@ class _Plan:
     n_tiles: int
     chunk_c: int   # channels per program
     n_chunks: int
+    num_warps: int = 4           # forward and channel-reduction kernels
+    position_warps: int = 4      # the backward's occlusion/position kernel (three small tl.dot)
 
 
 def _plan(n: int, c: int, hw: int, num_slots: int, has_prio: bool, device: torch.device) -> _Plan:
@@ -378,8 +380,9 @@ def _plan(n: int, c: int, hw: int, num_slots: int, has_prio: bool, device: torch
         # Rows are independent: take several short maps per program, one row of a long map.
         group = min(_next_pow2(n), 16) if interpret else max(1, min(16, 1024 // _next_pow2(hw)))
         block_o = _next_pow2(group)
-    # About 4096 (interpreter: 16384) tile elements; fewer, bigger programs are what the
-    # interpreter wants, enough programs to fill the SMs are what the GPU wants.
+    # Tile elements per program: the interpreter wants few, big programs (~1.5 ms each); the GPU
+    # wants many small ones. [16 slots, 64 pixels] compiles to ~72 registers a thread at 4 warps
+    # with 16-byte stores (sm_90), so ~7 programs fit an SM and every launch fills the GPU.
     budget = 16384 if interpret else (1024 if has_prio else 2048)
     block_p = min(_next_pow2(hw), max(16, budget // block_o))
     if has_prio:
@@ -395,7 +398,11 @@ def _plan(n: int, c: int, hw: int, num_slots: int, has_prio: bool, device: torch
         want = max(1, -(-target // (n_groups * n_tiles)))
         n_chunks = max(1, min(want, c // 8))
         chunk_c = -(-c // n_chunks)
-    return _Plan(group, block_o, block_p, n_groups, n_tiles, chunk_c, -(-max(c, 1) // chunk_c))
+    # The position kernel holds [O, O] and several [O, pixels] tiles at once: 8 warps keep it
+    # under ~100 registers a thread (4 warps need ~170 at O = 16, 64 pixels; sm_90 compile).
+    position_warps = 8 if has_prio and not interpret else 4
+    return _Plan(group, block_o, block_p, n_groups, n_tiles, chunk_c, -(-max(c, 1) // chunk_c),
+                 position_warps=position_warps)
 
 
 @functools.lru_cache(maxsize=64)
@@ -445,7 +452,8 @@ class _GaussianMergeFn(torch.autograd.Function):
             position, position.stride(0), position.stride(1), gest, gest.stride(0), gest.stride(1),
             prio, prio.stride(0), prio.stride(1), consts, out, n, c, geo.h, geo.w, hw, n * c * hw,
             GROUP=plan.group, BLOCK_O=plan.block_o, BLOCK_P=plan.block_p, CHUNK_C=plan.chunk_c,
-            STD_COL=geo.std_col, HAS_GEST=gestalt is not None, HAS_PRIO=has_prio, WITH_RAW=with_raw, CDT=cdt)
+            STD_COL=geo.std_col, HAS_GEST=gestalt is not None, HAS_PRIO=has_prio, WITH_RAW=with_raw, CDT=cdt,
+            num_warps=plan.num_warps)
         ctx.save_for_backward(position, gestalt, priority)
         ctx.geo, ctx.plan, ctx.with_raw = geo, plan, with_raw
         return out
@@ -474,7 +482,7 @@ class _GaussianMergeFn(torch.autograd.Function):
                 position, position.stride(0), position.stride(1), gestalt, gestalt.stride(0), gestalt.stride(1),
                 prio, prio.stride(0), prio.stride(1), consts, gout, gout.stride(0), gout.stride(1),
                 n * gout.stride(0), dgest_part, dmap, dmap_raw, n, c, geo.h, geo.w, hw,
-                CHUNK_C=plan.chunk_c, **common)
+                CHUNK_C=plan.chunk_c, num_warps=plan.num_warps, **common)
             dgest = (dgest_part[0] if plan.n_tiles == 1 else dgest_part.sum(0)).to(gestalt.dtype)
             n_chunks, s_dk, s_dn = plan.n_chunks, n * hw, hw
         else:
@@ -485,7 +493,8 @@ class _GaussianMergeFn(torch.autograd.Function):
         dprio_part = dispatch.empty((plan.n_tiles, n), dtype=ctorch, device=dev) if has_prio else dpos_part
         _merge_bwd_position_kernel[(plan.n_groups, plan.n_tiles)](
             position, position.stride(0), position.stride(1), prio, prio.stride(0), prio.stride(1), consts,
-            dmap, dmap_raw, s_dk, s_dn, n_chunks, dpos_part, dprio_part, n, k, geo.h, geo.w, hw, **common)
+            dmap, dmap_raw, s_dk, s_dn, n_chunks, dpos_part, dprio_part, n, k, geo.h, geo.w, hw,
+            num_warps=plan.position_warps, **common)
         dpos = (dpos_part[0] if plan.n_tiles == 1 else dpos_part.sum(0)).to(position.dtype)
         dprio = None
         if has_prio:
