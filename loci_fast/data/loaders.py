@@ -153,7 +153,8 @@ def video_chunks(paths: Any, *, batch_size: int, sequence_len: int, size: tuple[
     Batches: ``rgb`` (B, S, 3, H, W) float32 [0, 1]; ``depth`` (B, S, 1, H, W) [0, 1] or -1;
     ``segmentation`` (B, S, H, W) int64 ids (0 = background); ``fg`` (B, S, 1, H, W) {0, 1};
     ``instance_masks`` (B, S, max_instances, H, W) float32 [0, 1] (channel m = id m + 1; default on
-    for evaluation, off for training); ``time_steps`` (B, S); ``use_depth``, ``valid`` (B,); ``key``.
+    for evaluation, off for training); ``time_steps`` (B, S); ``start`` (B,) first frame of each
+    window in its video; ``use_depth``, ``valid`` (B,); ``key``.
     ``augment`` defaults to ``training`` (ScaleCrop + flip, same for the whole window).
 
     With ``backprop_steps`` K the loader yields upstream's TBPTT schedule instead: per window batch,

@@ -16,7 +16,7 @@ class VideoChunksView:
     Training: windows start at a random offset in [0, min(S, L - S)) (0 when L == S); evaluation:
     at 0. ``make`` returns ``rgb`` (S, 3, h, w) float32 [0, 1], ``depth`` (S, 1, h, w) float32 in
     [0, 1] or -1, ``segmentation`` (S, h, w) int64 ids, ``fg`` (S, 1, h, w) float32 {0, 1},
-    ``time_steps`` (S,) int64, ``use_depth``, and with ``with_masks`` ``instance_masks``
+    ``time_steps`` (S,) int64, ``start`` (first frame of the window), ``use_depth``, and with ``with_masks`` ``instance_masks``
     (S, max_instances, h, w) float32 [0, 1] (channel m = id m + 1). With ``augment``: one ScaleCrop
     and one flip (p = 0.5) per window; otherwise a bilinear resize when ``size`` differs.
     """
@@ -54,7 +54,8 @@ class VideoChunksView:
         if self.augment and rng.random() < 0.5:
             x, seg = x.flip(-1), seg.flip(-1)
         out = {"rgb": x[:, :3].contiguous(), "depth": x[:, 3:4].contiguous(), "segmentation": seg[:, 0].contiguous(),
-               "fg": (seg > 0).float(), "time_steps": torch.arange(S), "use_depth": torch.tensor(video["depth"] is not None)}
+               "fg": (seg > 0).float(), "time_steps": torch.arange(S), "start": torch.tensor(item),
+               "use_depth": torch.tensor(video["depth"] is not None)}
         if self.with_masks:
             out["instance_masks"] = x[:, 4:].contiguous()
         return out
@@ -64,7 +65,7 @@ class VideoChunksView:
         h, w = self.size or (meta["height"], meta["width"])
         out = {"rgb": torch.zeros(S, 3, h, w), "depth": torch.zeros(S, 1, h, w),
                "segmentation": torch.zeros(S, h, w, dtype=torch.int64), "fg": torch.zeros(S, 1, h, w),
-               "time_steps": torch.arange(S), "use_depth": torch.tensor(False)}
+               "time_steps": torch.arange(S), "start": torch.tensor(-1), "use_depth": torch.tensor(False)}
         if self.with_masks:
             out["instance_masks"] = torch.zeros(S, self.max_instances, h, w)
         return out
