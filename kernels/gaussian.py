@@ -16,16 +16,17 @@ std gradients, zero where the clamps cut, as ``torch.clamp``).
 Conventions beyond DESIGN.md:
 - a grid axis of size 1 has the single coordinate 0 (the centre), not the 0/0 of the formula;
 - ``slot_gaussian_merge`` without a priority ignores ``with_raw`` (as upstream's merge does);
-- an explicit ``min_std`` above ``max_std`` is an error; the default ``1/min(h, w)`` can exceed
-  0.5 only for a 1-pixel axis, and then the std is ``max_std`` (``torch.clamp``'s rule).
+- an explicit ``min_std`` above ``max_std`` is an error; when the default ``1/min(h, w)`` exceeds
+  ``max_std`` (a 1-pixel axis, or a small explicit ``max_std``) the std is ``max_std`` with zero
+  gradient (``torch.clamp``'s rule for min > max).
 """
 import functools
-import math
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 
 from . import dispatch
 
@@ -459,6 +460,7 @@ class _GaussianMergeFn(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # the backward kernels are not themselves differentiable
     def backward(ctx, gout):
         position, gestalt, priority = ctx.saved_tensors
         geo, plan, with_raw = ctx.geo, ctx.plan, ctx.with_raw
