@@ -9,7 +9,11 @@ class DataError(Exception):
 class ShardError(DataError):
     """A whole shard is missing, unreadable or truncated, or the shard set cannot be split as asked."""
 
-    def __init__(self, shard: str, problem: str, fix: str):
+    def __init__(self, shard: str, problem: str | None = None, fix: str = ""):
+        if problem is None:  # rebuilt from its message, e.g. when DataLoader re-raises a worker's error
+            self.shard = None
+            super().__init__(shard)
+            return
         self.shard = str(shard)
         super().__init__(f"shard {self.shard}: {problem}. {fix}")
 
@@ -17,7 +21,11 @@ class ShardError(DataError):
 class SampleError(DataError):
     """One sample (one video) in a shard breaks the loci-video schema."""
 
-    def __init__(self, shard: str, key: str | None, problem: str, fix: str):
+    def __init__(self, shard: str, key: str | None = None, problem: str | None = None, fix: str = ""):
+        if problem is None:  # rebuilt from its message (see ShardError)
+            self.shard, self.key = None, None
+            super().__init__(shard)
+            return
         self.shard, self.key = str(shard), key
         super().__init__(f"shard {self.shard}, sample {key!r}: {problem}. {fix}")
 

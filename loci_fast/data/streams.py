@@ -16,18 +16,20 @@ decoding or re-yielding them.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
-import warnings
+import zlib
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .errors import DataError, SampleError, ShardError
+from .errors import REWRITE, DataError, SampleError, ShardError
 from .reader import ReadStats, decode_sample, expand_paths, iter_raw, parse_meta
+from .schema import validate_meta
 
 MAX_FAILED_DRAWS = 64  # consecutive shard draws without one good video before giving up
 
@@ -84,8 +86,8 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def scan_items(view: Any, sets: list[ShardSet], *, training: bool, on_error: str) -> dict[str, int]:
-    """Items per shard from meta.json only (for epoch lengths and evaluation padding)."""
+def scan_items(view: Any, sets: list[ShardSet], *, on_error: str) -> dict[str, int]:
+    """Evaluation items per shard, from meta.json only (for epoch lengths and evaluation padding)."""
     counts: dict[str, int] = {}
     for s in sets:
         for shard in s.shards:
@@ -119,16 +121,12 @@ def _iter_parsed(shard: str, on_error: str, stats: ReadStats, only_meta: bool = 
 
 
 def _meta_only(key: str, fields: dict[str, bytes], shard: str) -> dict[str, Any]:
-    import json
-
-    from .schema import validate_meta
-
     if "meta.json" not in fields:
-        raise SampleError(shard, key, "no meta.json", "Rewrite the shard")
+        raise SampleError(shard, key, "no meta.json (a truncated shard can cut a sample short)", REWRITE)
     try:
         return validate_meta(json.loads(fields["meta.json"]), shard=shard, key=key)
     except ValueError as err:
-        raise SampleError(shard, key, f"meta.json is not valid JSON ({err})", "Rewrite the shard") from None
+        raise SampleError(shard, key, f"meta.json is not valid JSON ({err})", REWRITE) from None
 
 
 class ViewStream(IterableDataset):
@@ -155,7 +153,7 @@ class ViewStream(IterableDataset):
                                      "Check the path, or generate/convert the shards first")
         if training:
             if epoch_batches is None:
-                total = sum(scan_items(view, sets, training=True, on_error=on_error).values())
+                total = sum(scan_items(view, sets, on_error=on_error).values())
                 epoch_batches = total // (batch_size * world_size)
                 if epoch_batches < 1:
                     raise ShardError(sets[0].shards[0], f"the shards hold {total} items, fewer than one batch of "
@@ -178,7 +176,7 @@ class ViewStream(IterableDataset):
             raise ShardError(shards[0], f"{len(shards)} shard(s) cannot be split over {self.world_size} rank(s) x "
                              f"{self.num_workers} worker(s) = {slots} readers for evaluation",
                              f"Write at least {slots} shards (e.g. a smaller --shard-videos) or use fewer workers")
-        counts = scan_items(self.view, self.sets, training=False, on_error=self.on_error)
+        counts = scan_items(self.view, self.sets, on_error=self.on_error)
         self.template = None
         for sh in shards:
             for _k, meta in _iter_metas(sh, self.on_error, ReadStats()):
@@ -195,7 +193,7 @@ class ViewStream(IterableDataset):
         per_rank = [per_slot[r * nw:(r + 1) * nw] for r in range(self.world_size)]
         target = max(sum(p) for p in per_rank)
         mine = list(per_rank[self.rank])
-        for i in range(target - sum(mine)):  # whole dummy batches go to the least loaded workers
+        for _ in range(target - sum(mine)):  # whole dummy batches go to the least loaded workers
             mine[int(np.argmin(mine))] += 1
         self.worker_batches = mine
         self.epoch_batches = target
@@ -312,6 +310,4 @@ class ViewStream(IterableDataset):
 
 
 def _stable_hash(text: str) -> int:
-    import zlib
-
     return zlib.crc32(text.encode())

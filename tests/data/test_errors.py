@@ -39,8 +39,9 @@ def test_damaged_shards_raise_naming_the_shard(tmp_path, synth_shards, kind):
     bad = _damaged(tmp_path, synth_shards[0], kind)
     with pytest.raises(ShardError, match=f"{bad.name}.*(truncated|corrupt|not a readable tar)"):
         list(iter_videos(str(bad)))
+    # Inside DataLoader worker processes (no metadata scan first: epoch_batches is given).
     with pytest.raises(ShardError, match=bad.name):
-        list(iter(object_crops([str(bad)], batch_size=2, size=(32, 32), epoch_batches=50)))
+        list(iter(object_crops([str(bad)], batch_size=2, size=(32, 32), epoch_batches=50, num_workers=2)))
 
 
 def test_missing_shard_and_empty_glob(tmp_path, synth_shards):
