@@ -32,6 +32,7 @@ from .reader import ReadStats, decode_sample, expand_paths, iter_raw, parse_meta
 from .schema import validate_meta
 
 MAX_FAILED_DRAWS = 64  # consecutive shard draws without one good video before giving up
+MAX_EMPTY_VIDEOS = 1000  # consecutive videos without a single item before giving up
 
 
 @dataclass
@@ -246,6 +247,7 @@ class ViewStream(IterableDataset):
         for _ in range(self.worker_batches[wid]):
             items = []
             while len(items) < self.batch_size:
+                empty = 0
                 while len(buffer) < self.buffer_videos:
                     shard, key, fields, meta = next(source)
                     vrng = self._rng(wid, 2, counter)
@@ -255,6 +257,12 @@ class ViewStream(IterableDataset):
                     if order:
                         buffer.append(_Video(shard, key, fields, meta, order))
                         self.template = self.template or meta
+                    else:
+                        empty += 1
+                        if empty >= MAX_EMPTY_VIDEOS:
+                            raise DataError(f"{empty} videos in a row (last: {shard}, sample {key!r}) have no "
+                                            f"{self.view.name} item: no visible instance, or fewer frames than "
+                                            "sequence_len. Check the shards and the loader settings")
                 j = int(rng.integers(len(buffer)))
                 video = buffer[j]
                 items.append((video, video.items.pop(), int(rng.integers(2**62))))

@@ -4,6 +4,8 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image
 
 from loci_fast.data import iter_videos
@@ -48,3 +50,25 @@ def test_file_without_depth_and_cli(tmp_path):
     (v,) = list(iter_videos(out))
     assert v["meta"]["has_depth"] is False and v["depth"] is None
     assert v["instance_masks"] is not None and v["meta"]["num_instances"] >= 1
+
+
+def test_loaders_read_converted_soft_masks_and_missing_depth(tmp_path, upstream_hdf5):
+    from loci_fast.data import object_crops, video_chunks
+    from loci_fast.data.errors import DataError
+
+    path, truth = upstream_hdf5
+    convert_hdf5(path, tmp_path / "d", shard_videos=1, progress=False, log=lambda s: None)
+    videos = {v["key"]: v for v in iter_videos(tmp_path / "d")}
+    b = next(iter(object_crops(tmp_path / "d", batch_size=4, size=(32, 32), augment=False, training=False)))
+    for i in range(4):
+        v, t, iid = videos[b["key"][i]], int(b["frame"][i]), int(b["instance"][i])
+        np.testing.assert_allclose(b["mask"][i, 0].numpy(), v["instance_masks"][t, iid - 1] / 255.0, atol=1e-6)
+        np.testing.assert_allclose(b["depth"][i, 0].numpy(), v["depth"][t], atol=1e-6)  # already in [0, 1]
+    assert torch.isclose(b["mask"], torch.tensor(128 / 255)).any()  # amodal 128/255 kept, not binarised
+    src = tmp_path / "nodepth.hdf5"
+    make_upstream_hdf5(src, with_depth=False, lengths=(4,))
+    convert_hdf5(src, tmp_path / "n", progress=False, log=lambda s: None)
+    b = next(iter(video_chunks(tmp_path / "n", batch_size=1, sequence_len=4, epoch_batches=1)))
+    assert (b["depth"] == -1).all() and not b["use_depth"].any()
+    with pytest.raises(DataError, match="fewer frames than sequence_len"):
+        next(iter(video_chunks(tmp_path / "n", batch_size=1, sequence_len=9, epoch_batches=1)))
