@@ -221,7 +221,7 @@ def _merge_fwd_kernel(pos_ptr, s_pn, s_pk, gest_ptr, s_gn, s_gc, prio_ptr, s_rb,
     tile_mask = rmask[:, None] & qmask[None, :]
     out_offs = rows.to(tl.int64)[:, None] * C * HW + q[None, :]
     if HAS_GEST:
-        c0 = tl.program_id(2) * CHUNK_C
+        c0 = tl.program_id(2).to(tl.int64) * CHUNK_C  # int64: c·HW can pass 2^31 on big maps
         for cc in range(CHUNK_C):
             c = c0 + cc
             code = tl.load(gest_ptr + rows.to(tl.int64) * s_gn + c * s_gc, mask=rmask & (c < C), other=0.0)
@@ -270,7 +270,7 @@ def _merge_bwd_reduce_kernel(pos_ptr, s_pn, s_pk, gest_ptr, s_gn, s_gc, prio_ptr
     gout_offs = rows64[:, None] * s_on + q[None, :]
     acc = tl.zeros([BLOCK_O, BLOCK_P], dtype=CDT)
     acc_raw = tl.zeros([BLOCK_O, BLOCK_P], dtype=CDT)
-    c0 = chunk * CHUNK_C
+    c0 = chunk.to(tl.int64) * CHUNK_C  # int64: c·HW can pass 2^31 on big maps
     for cc in range(CHUNK_C):
         c = c0 + cc
         cmask = rmask & (c < C)
@@ -320,10 +320,14 @@ def _merge_bwd_position_kernel(pos_ptr, s_pn, s_pk, prio_ptr, s_rb, s_ro, const_
     offs = rows64[:, None] * s_dn + q[None, :]
     dmap = tl.zeros([BLOCK_O, BLOCK_P], dtype=CDT)
     dmap_raw = tl.zeros([BLOCK_O, BLOCK_P], dtype=CDT)
-    for k in range(n_chunks):
-        dmap += tl.load(dmap_ptr + k * s_dk + offs, mask=tile_mask, other=0.0).to(CDT)
+    d_ptrs = dmap_ptr + offs
+    r_ptrs = dmap_raw_ptr + offs
+    for _ in range(n_chunks):  # advancing 64-bit pointers: k·s_dk could overflow int32
+        dmap += tl.load(d_ptrs, mask=tile_mask, other=0.0).to(CDT)
+        d_ptrs += s_dk
         if WITH_RAW:
-            dmap_raw += tl.load(dmap_raw_ptr + k * s_dk + offs, mask=tile_mask, other=0.0).to(CDT)
+            dmap_raw += tl.load(r_ptrs, mask=tile_mask, other=0.0).to(CDT)
+            r_ptrs += s_dk
     if HAS_PRIO:
         wt = _occlusion_weights(prio_ptr, s_rb, s_ro, grp, offs_o, rmask, CDT)
         pre = g - tl.dot(wt, g, input_precision="ieee")
