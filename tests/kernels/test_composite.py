@@ -1,6 +1,8 @@
 """composite_slots: the Triton kernels (interpreted on CPU) against the float64 reference."""
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -71,6 +73,11 @@ SHAPES = [(2, 1, 9, 13), (1, 1, 33, 37), (2, 3, 6, 11), (1, 3, 37, 29), (2, 16, 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_matches_reference(gen, shape, layout, dtype):
     compare(gen, make_inputs(gen, *shape, layout=layout), dtype, bg_logit=0.3)
+
+
+def test_many_slots(gen):
+    """O = 33 pads to 64 rows and runs 64 pixels a program: two tiles for 9 x 8 pixels."""
+    compare(gen, make_inputs(gen, 1, 33, 9, 8, layout="4d"), torch.float32, bg_logit=-0.5)
 
 
 @pytest.mark.parametrize("bg_logit", [1.0, -80.0, 80.0])
@@ -178,8 +185,8 @@ def test_gradcheck_reference(gen):
 def test_gradcheck_triton_fp64(gen):
     """The fused backward is the derivative of the fused forward (fp64 compute for fp64 storage)."""
     inputs = [x.requires_grad_(True) for x in make_inputs(gen, 1, 2, 2, 3, layout="4d")]
-    with use_backend("triton"):
-        assert torch.autograd.gradcheck(lambda *a: composite_slots(*a, bg_logit=0.4), inputs)
+    with use_backend("triton"):  # fast mode: a random projection of the Jacobian, few interpreted launches
+        assert torch.autograd.gradcheck(lambda *a: composite_slots(*a, bg_logit=0.4), inputs, fast_mode=True)
 
 
 def test_backend_switching(gen, monkeypatch):
@@ -288,3 +295,37 @@ def test_bench_cases_pass_their_gates_on_cpu():
         assert set(gate["errors"]) >= {"out0", "out1", "out2", "grad_mask_logits", "grad_bg_depth"}
     # (8, 16, 256, 256) fp32: 105 elements per pixel forward (6·16 + 9), 189 backward (11·16 + 13)
     assert minimal_elements(8, 16, 256, 256) == (8 * 65536 * 105, 8 * 65536 * 189)
+
+
+@pytest.mark.parametrize("o_pad", [1, 2, 4, 16, 64, 256, 1024])
+def test_gpu_autotune_configs_keep_a_bounded_tile(o_pad):
+    """The GPU autotuner (not runnable in the interpreter) always keeps a config, within register bounds."""
+    from loci_fast.kernels import composite
+
+    keep = composite._prune_configs(composite._GPU_CONFIGS, {}, O_PAD=o_pad)
+    assert keep
+    lo, hi = composite._PER_THREAD
+    per_thread = [o_pad * c.kwargs["BLOCK"] // (32 * c.num_warps) for c in keep]
+    if o_pad <= 64:
+        assert all(lo <= v <= hi for v in per_thread), per_thread
+    else:  # no tuned config fits: the fixed default tile
+        assert [c.kwargs["BLOCK"] for c in keep] == [composite._tile(o_pad)[1]]
+
+
+def test_autotuned_launch_path(gen, monkeypatch):
+    """The GPU launch path (autotuner, its pruning, the grid from the chosen BLOCK) run in the
+    interpreter with a CPU stopwatch in place of CUDA-event timing."""
+    from loci_fast.kernels import composite
+
+    def stopwatch(kernel_call, quantiles):
+        start = time.perf_counter()
+        kernel_call()
+        return [time.perf_counter() - start] * len(quantiles)
+
+    fwd = composite._autotuned(composite._composite_fwd_kernel, "WRITE_MASK", do_bench=stopwatch)
+    bwd = composite._autotuned(composite._composite_bwd_kernel, "HAS_GMASK", do_bench=stopwatch)
+    monkeypatch.setattr(composite, "_fwd_tuned", fwd)
+    monkeypatch.setattr(composite, "_bwd_tuned", bwd)
+    compare(gen, make_inputs(gen, 2, 3, 5, 7, layout="4d"), torch.float32)
+    assert fwd.best_config is not None and bwd.best_config is not None  # the tuned path really ran
+    assert fwd.best_config in composite._prune_configs(composite._GPU_CONFIGS, {}, O_PAD=4)
