@@ -1,10 +1,18 @@
-"""Building blocks of the encoder side: shapes, exact maths against independent oracles, gradchecks."""
+"""Building blocks of the encoder side: shapes, exact maths against independent oracles, gradchecks,
+and (when LOCI_FAST_UPSTREAM points at an upstream checkout) parity with upstream's modules."""
+import contextlib
+import importlib
+import io
 import math
+import os
+import sys
+import types
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from loci_fast.kernels import use_backend
 from loci_fast.model.binarize import Binarize
 from loci_fast.model.convnext import (Bottleneck, ConvNeXtBlock, ConvNeXtStem, LinearSkip, PatchDownscale,
                                       PatchUpscale, SkipConnection)
@@ -131,7 +139,8 @@ def test_gradcheck_blocks(gen, make):
     x = rand(gen, 2, cin, 4, 4, dtype=torch.float64).requires_grad_(True)
     params = [p for p in m.parameters()]
     f = lambda x, *ps: torch.func.functional_call(m, dict(zip([n for n, _ in m.named_parameters()], ps)), (x,))
-    assert torch.autograd.gradcheck(f, (x, *params))
+    # fast mode: checks random projections of the Jacobian (full mode costs ~1 min here for the conv blocks)
+    assert torch.autograd.gradcheck(f, (x, *params), fast_mode=True)
 
 
 # ---------------------------------------------------------------- ConvNeXt blocks
@@ -276,6 +285,19 @@ def test_hyper_sequential(gen, from_start):
         seq(x, dyn[:, :10])
 
 
+def test_gradcheck_hyper_sequential(gen):
+    """Gradients for input, dynamic weights, base weights and alpha (reference backend; the encoder test
+    compares the Triton backend's gradients with these), float64."""
+    torch.manual_seed(2)
+    seq = HyperSequential(HyperConvNextBlock(2), HyperConvNextBlock(2, 1), slices_from_start=False).double()
+    x = rand(gen, 2, 2, 4, 4, dtype=torch.float64).requires_grad_(True)
+    dyn = rand(gen, 2, seq.num_weights(), dtype=torch.float64).requires_grad_(True)
+    names = [n for n, _ in seq.named_parameters()]
+    f = lambda x, dyn, *ps: torch.func.functional_call(seq, dict(zip(names, ps)), (x, dyn))
+    with use_backend("reference"):
+        assert torch.autograd.gradcheck(f, (x, dyn, *seq.parameters()), fast_mode=True)
+
+
 def test_hyper_base_weight_init():
     torch.manual_seed(0)
     c = 256
@@ -285,3 +307,106 @@ def test_hyper_base_weight_init():
     assert kernels.std().item() == pytest.approx(math.sqrt(6 / (49 + c)), rel=0.03)
     assert biases.std().item() == pytest.approx(math.sqrt(1 / c), rel=0.1)
     assert abs(kernels.mean().item()) < 0.01
+
+
+# ---------------------------------------------------------------- upstream parity (optional)
+
+@contextlib.contextmanager
+def upstream_modules(root: str):
+    """Make upstream's ``nn``/``utils`` packages importable (``import_upstream("nn.encoder")``) with its
+    unused torchvision/cv2 imports stubbed (§23); sys.modules and sys.path are restored afterwards."""
+    saved = {k: v for k, v in sys.modules.items() if k.split(".")[0] in ("nn", "utils", "torchvision", "cv2")}
+    tv = types.ModuleType("torchvision")
+    tv.transforms = types.ModuleType("torchvision.transforms")
+    tv.transforms.Resize = tv.transforms.InterpolationMode = None
+    stubs = {"torchvision": tv, "torchvision.transforms": tv.transforms, "cv2": types.ModuleType("cv2")}
+    for k in list(sys.modules):
+        if k.split(".")[0] in ("nn", "utils"):
+            del sys.modules[k]
+    sys.modules.update({k: v for k, v in stubs.items() if k not in saved})
+    sys.path.insert(0, root)
+
+    def import_upstream(name: str):
+        with contextlib.redirect_stdout(io.StringIO()):  # upstream prints per layer
+            return importlib.import_module(name)
+    try:
+        yield import_upstream
+    finally:
+        sys.path.remove(root)
+        for k in list(sys.modules):
+            if k.split(".")[0] in ("nn", "utils", "torchvision", "cv2"):
+                del sys.modules[k]
+        sys.modules.update(saved)
+
+
+def _load(ours: torch.nn.Module, theirs: torch.nn.Module) -> None:
+    state = {k: v for k, v in theirs.state_dict().items() if not k.endswith("legacy")}
+    ours.load_state_dict(state, strict=True)
+
+
+@pytest.mark.skipif(not os.environ.get("LOCI_FAST_UPSTREAM"), reason="set LOCI_FAST_UPSTREAM to an upstream checkout")
+def test_upstream_block_parity(gen):
+    """Each block against upstream's module with the same weights, float32: values and input gradients."""
+    with upstream_modules(os.environ["LOCI_FAST_UPSTREAM"]) as import_upstream:
+        cn, ds, us = import_upstream("nn.convnext"), import_upstream("nn.downscale"), import_upstream("nn.upscale")
+        emb, hn, ut = import_upstream("nn.embedding"), import_upstream("nn.hypernets"), import_upstream("utils.utils")
+        x = rand(gen, 2, 32, 16, 16)
+        pos = torch.cat([torch.rand(5, 2, generator=gen) * 2.4 - 1.2, torch.rand(5, 1, generator=gen),
+                         torch.rand(5, 1, generator=gen) * 0.6 - 0.05], 1)
+        pairs = [  # (ours, theirs, args)
+            (SkipConnection(32, 8, 0.5), cn.SkipConnection(32, 8, 0.5), (x,)),
+            (SkipConnection(32, 48, 2), cn.SkipConnection(32, 48, 2), (x,)),
+            (Bottleneck(32, 16), cn.MemoryEfficientBottleneck(32, 16), (x,)),
+            (ConvNeXtBlock(32, 16), cn.ConvNeXtBlock(32, 16), (x,)),
+            (PatchDownscale(32, 64, 2), cn.PatchDownscale(32, 64, 2), (x,)),
+            (ConvNeXtStem(32, 24, 4), cn.ConvNeXtStem(32, 24, 4), (x,)),
+            (PatchUpscale(32, 8, 4), cn.PatchUpscale(32, 8, 4), (x,)),
+            (PatchDownscaleMLP(32, 64, 4, 4, residual=True), ds.MemoryEfficientPatchDownScale(32, 64, 4, 4, True), (x,)),
+            (PatchDownscaleMLP(32, 20, 2, 8), ds.MemoryEfficientPatchDownScale(32, 20, 2, 8), (x,)),
+            (UpscaleMLP(32, 3, 4, 4), us.MemoryEfficientUpscaling(32, 3, scale_factor=4, expand_ratio=4), (x,)),
+            (PositionPooling((16, 16), 32, 16), emb.PositionPooling((16, 16), 32, 16), (x.repeat(3, 1, 1, 1)[:5], pos)),
+        ]
+        hseq = lambda mod, **kw: mod.HyperSequential(mod.HyperConvNextBlock(32), mod.HyperConvNextBlock(32, 8), **kw)
+        pairs.append((HyperSequential(HyperConvNextBlock(32), HyperConvNextBlock(32, 8)), hseq(hn),
+                      (x, rand(gen, 2, 2 * (49 * 32 + 32)))))
+        for ours, theirs, args in pairs:
+            _load(ours, theirs)
+            if isinstance(ours, HyperSequential):
+                theirs.alpha.data.fill_(0.3), ours.alpha.data.fill_(0.3)
+            outs = []
+            for m in (ours, theirs):
+                a = [t.clone().requires_grad_(True) for t in args]
+                y = m(*a)
+                y.backward(torch.linspace(-1, 1, y.numel()).view_as(y))
+                outs.append((y, [t.grad for t in a]))
+            (y, gy), (ref, gref) = outs
+            name = type(ours).__name__
+            assert (y - ref).abs().max() <= 1e-5 * ref.abs().max(), name
+            for g, r in zip(gy, gref):
+                assert (g - r).abs().max() <= 1e-5 * r.abs().max(), name
+        # position embedding on the decoder's 16x16 grid: all 8 octaves
+        up_pe = emb.PositionEmbedding(8)
+        up_pe.update_grid((16, 16))
+        torch.testing.assert_close(PositionEmbedding(8)(pos, (16, 16)), up_pe(pos), rtol=0, atol=2e-5)
+        up_pe.update_grid((8, 12))
+        torch.testing.assert_close(PositionEmbedding(8)(pos[:, :3], (8, 12)), up_pe(pos[:, :3]), rtol=0, atol=2e-5)
+        # mask statistics and binarisation
+        mask = torch.rand(4, 1, 16, 16, generator=gen).round() * torch.rand(4, 1, 16, 16, generator=gen)
+        mask[2] = 0
+        for normalize in (True, False):
+            for combine in (True, False):
+                a, b = MaskCenter((16, 16), normalize, combine)(mask), ut.MaskCenter((16, 16), normalize, combine)(mask)
+                torch.testing.assert_close(a, b)
+        mask = torch.zeros(3, 1, 16, 16)
+        mask[0, 0, 2:12, 3:13] = 0.9
+        mask[1, 0, 4:7, 4:7] = 1.0
+        torch.manual_seed(5)
+        a = PositionInMask((16, 16))(mask)
+        torch.manual_seed(5)
+        torch.testing.assert_close(a, ut.PositionInMask((16, 16))(mask))
+        logits = rand(gen, 3, 40)
+        torch.manual_seed(6)
+        a = Binarize()(logits)
+        torch.manual_seed(6)
+        torch.testing.assert_close(a, ut.Binarize()(logits))
+        torch.testing.assert_close(Binarize().eval()(logits), ut.Binarize().eval()(logits))

@@ -4,8 +4,6 @@ import contextlib
 import io
 import json
 import os
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ from loci_fast.kernels import use_backend
 from loci_fast.model.encoder import LociEncoder
 from loci_fast.model.input_preprocessing import InputPreprocessing
 from loci_fast.model.upstream_encoder_keys import convert_encoder_state_dict, encoder_key_map
-from tests.model.test_blocks import gaussian_oracle
+from tests.model.test_blocks import gaussian_oracle, upstream_modules
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = dict(gestalt_size=8, channels=16, blocks=[1, 1, 1, 1], hyper_channels=16)
@@ -194,38 +192,14 @@ def test_reference_and_triton_backends_agree(gen):
 
 # ---------------------------------------------------------------- upstream parity (optional)
 
-@contextlib.contextmanager
-def upstream_modules(root: str):
-    """Import upstream's ``nn``/``utils`` packages with its unused torchvision/cv2 imports stubbed (§23)."""
-    saved = {k: v for k, v in sys.modules.items() if k.split(".")[0] in ("nn", "utils", "torchvision", "cv2")}
-    tv = types.ModuleType("torchvision")
-    tv.transforms = types.ModuleType("torchvision.transforms")
-    tv.transforms.Resize = tv.transforms.InterpolationMode = None
-    stubs = {"torchvision": tv, "torchvision.transforms": tv.transforms, "cv2": types.ModuleType("cv2")}
-    for k in list(sys.modules):
-        if k.split(".")[0] in ("nn", "utils"):
-            del sys.modules[k]
-    sys.modules.update({k: v for k, v in stubs.items() if k not in saved})
-    sys.path.insert(0, root)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # upstream prints per layer
-            from nn.encoder import LociEncoder as UpstreamEncoder
-        yield UpstreamEncoder
-    finally:
-        sys.path.remove(root)
-        for k in list(sys.modules):
-            if k.split(".")[0] in ("nn", "utils", "torchvision", "cv2"):
-                del sys.modules[k]
-        sys.modules.update(saved)
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("LOCI_FAST_UPSTREAM"), reason="set LOCI_FAST_UPSTREAM to an upstream checkout")
 @pytest.mark.parametrize("num_slots", [3, 1])
 def test_upstream_parity(gen, num_slots):
     """Same weights (converted), same inputs, float32: outputs and parameter gradients within 1e-4 relative."""
     o, b, h, g = num_slots, 2, 64, 32
-    with upstream_modules(os.environ["LOCI_FAST_UPSTREAM"]) as UpstreamEncoder:
+    with upstream_modules(os.environ["LOCI_FAST_UPSTREAM"]) as import_upstream:
+        UpstreamEncoder = import_upstream("nn.encoder").LociEncoder
         torch.manual_seed(0)
         with contextlib.redirect_stdout(io.StringIO()):
             up = UpstreamEncoder(input_size=(h, h), latent_size=(h // 16, h // 16), num_slots=o, base_channels=32,
