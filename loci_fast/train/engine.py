@@ -84,6 +84,10 @@ def init_distributed() -> tuple[int, int, int]:
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
+    elif "OMP_NUM_THREADS" not in os.environ:
+        # Ranks sharing a CPU each get their share of the cores; oversubscribed threads spin.
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", 1)))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(local, 1)))
     return dist.get_rank(), local_rank, dist.get_world_size()
 
 
@@ -119,10 +123,16 @@ def train(options: TrainOptions) -> RunResult:
         learning_rate=float(cfg["learning_rate"]), on_gpu=torch.cuda.is_available(),
         source=f"DeepSpeed config {ds_path}" if ds_path else "the default DeepSpeed config")
 
+    # The config picks the kernel backend; an explicit LOCI_FAST_KERNELS in the environment wins.
+    os.environ.setdefault("LOCI_FAST_KERNELS", str(cfg["kernels"]["backend"]))
+
     # Same weights on every rank before DeepSpeed broadcasts them anyway.
     seed_everything(plan.seed)
     model = stage.build_model(cfg)
-    if options.init_from:
+    if options.init_from and plan.resume_from is not None:
+        if int(os.environ.get("RANK", 0)) == 0:
+            print("init-from: ignored, the weights come from the checkpoint being resumed", flush=True)
+    elif options.init_from:
         from .handover import init_from
 
         report = init_from(model, stage, options.init_from)

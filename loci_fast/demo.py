@@ -1,0 +1,277 @@
+"""``make demo``: synthetic data, the five object stages through the DeepSpeed launcher, a report.
+
+    python -m loci_fast.demo [--out out/demo] [--ranks 2] [--scale 1.0]
+
+1. ``loci-fast data synth`` writes small PyBullet scenes (train and val splits) as shards.
+2. mask, depth and rgb decoders, then encoder-decoder stage 1 (``--init-from`` the three decoder
+   runs) and stage 2 (``--init-from`` stage 1), each ``deepspeed --num_gpus N --module
+   loci_fast.cli train ...`` with the configs in ``configs/demo/``; GPUs when there are enough,
+   else the CPU with gloo.
+3. Each stage's final weights are evaluated on held-out val crops, and ``<out>/REPORT.md`` gets
+   the loss curves, reconstructions, final losses and mean IoU.
+
+Every step resumes: a killed demo continues where it stopped (``--resume auto``; finished stages
+and existing data are kept). ``--fresh`` starts over.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class DemoStage:
+    name: str
+    config: str
+    steps: int
+    init_from: tuple[str, ...] = ()
+    seconds: float = 0.0
+    step_seconds: float | None = None
+    eval: dict = field(default_factory=dict)
+
+
+STAGES = (
+    DemoStage("mask", "pretrain-mask-decoder.json", 300),
+    DemoStage("depth", "pretrain-depth-decoder.json", 250),
+    DemoStage("rgb", "pretrain-rgb-decoder.json", 250),
+    DemoStage("stage1", "pretrain-encoder-decoder-stage1.json", 250, ("mask", "depth", "rgb")),
+    DemoStage("stage2", "pretrain-encoder-decoder-stage2.json", 120, ("stage1",)),
+)
+DATA = dict(train_videos=24, val_videos=4, frames=8, size=64, shard_videos=6)
+
+
+def _bin(name: str) -> str:
+    """A console script of this interpreter's environment (the .venv make created)."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def _run(cmd: list[str], log: Path) -> float:
+    """Run ``cmd`` from the repository root, teeing its output to ``log``; fail loudly."""
+    started = time.perf_counter()
+    print("$ " + " ".join(cmd), flush=True)
+    with open(log, "a") as fh:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, bufsize=1)
+        for line in proc.stdout:
+            fh.write(line)
+            if "[INFO]" not in line and "[WARNING]" not in line:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+        if proc.wait() != 0:
+            raise SystemExit(f"demo: command failed (exit {proc.returncode}); log: {log}")
+    return time.perf_counter() - started
+
+
+def make_data(out: Path, workers: int) -> tuple[str, str]:
+    """Synthesise the train and val shards once; returns their glob patterns."""
+    data = out / "data"
+    for split, videos, seed in (("train", DATA["train_videos"], 1), ("val", DATA["val_videos"], 2)):
+        done = data / f".{split}.done"
+        if done.exists():
+            continue
+        for old in data.glob(f"{split}-*.tar"):
+            old.unlink()
+        _run([_bin("loci-fast"), "data", "synth", "--out", str(data), "--videos", str(videos),
+              "--frames", str(DATA["frames"]), "--size", str(DATA["size"]), "--seed", str(seed),
+              "--split", split, "--shard-videos", str(DATA["shard_videos"]),
+              "--workers", str(workers), "--no-progress"], out / "demo.log")
+        done.write_text("ok\n")
+    return str(data / "train-*.tar"), str(data / "val-*.tar")
+
+
+def launcher(ranks: int) -> tuple[list[str], str]:
+    """The deepspeed launcher prefix for ``ranks`` processes, and the device they use."""
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if gpus >= 1:
+        n = min(ranks, gpus)
+        return [_bin("deepspeed"), "--num_gpus", str(n), "--module", "loci_fast.cli"], f"{n} GPU rank(s)"
+    return ([_bin("deepspeed"), "--num_gpus", str(ranks), "--module", "loci_fast.cli"],
+            f"{ranks} CPU ranks (gloo)")
+
+
+def finished_step(run: Path) -> int:
+    from loci_fast.train import checkpoint as ckpt
+
+    tag = ckpt.latest_tag(run / ckpt.CHECKPOINT_DIR)
+    return int(tag[5:]) if tag else 0
+
+
+def train_stage(stage: DemoStage, out: Path, train: str, prefix: list[str], scale: float) -> None:
+    run = out / stage.name
+    steps = max(2, int(round(stage.steps * scale)))
+    stage.steps = steps
+    if finished_step(run) >= steps:
+        print(f"demo: stage {stage.name} already trained ({steps} steps), kept", flush=True)
+        return
+    cmd = prefix + ["train", "--config", str(REPO / "configs" / "demo" / stage.config),
+                    "--data", train, "--out", str(run), "--max-steps", str(steps),
+                    "--save-every", str(max(1, steps // 3)), "--image-every", str(max(1, steps // 6)),
+                    "--resume", "auto", "--workers", "0"]
+    if stage.init_from:
+        cmd += ["--init-from"] + [str(out / name) for name in stage.init_from]
+    stage.seconds = _run(cmd, out / "demo.log")
+
+
+def evaluate(stage: DemoStage, out: Path, val: str, batches: int = 2) -> None:
+    """Final weights on held-out val crops: loss terms, mean IoU and a reconstruction grid."""
+    import torch
+    from PIL import Image
+
+    from loci_fast.config import load_config
+    from loci_fast.data.loaders import object_crops
+    from loci_fast.model.pretrainer import LociPretrainer
+    from loci_fast.train import checkpoint as ckpt
+    from loci_fast.train.logs import image_grid
+    from loci_fast.train.stages import LOGGED
+    from loci_fast.train.stage import get_stage
+
+    weights, client = ckpt.module_weights(out / stage.name)
+    cfg = load_config(client["config"])
+    obj = get_stage(stage.name)
+    model = LociPretrainer(cfg["model"])
+    model.load_state_dict(weights)
+    model.eval()
+    size = tuple(cfg["model"]["input_size"])
+    stream = object_crops(sorted(str(p) for p in Path().glob(val)) or val, batch_size=16, size=size,
+                          seed=7, rank=0, world_size=1, num_workers=0, augment=False, training=False)
+    sums: dict[str, float] = {}
+    n = 0
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for batch in stream:
+            result = obj.forward(model, batch)
+            for key in ("loss",) + LOGGED:
+                value = result.loss if key == "loss" else result.metrics.get(key)
+                if value is not None:
+                    sums[key] = sums.get(key, 0.0) + float(value)
+            if n == 0:
+                grid = image_grid(result.images, max_items=8)
+                Image.fromarray(grid).save(out / "report" / f"reconstruction-{stage.name}.png")
+            n += 1
+            if n >= batches:
+                break
+    stage.eval = {k: v / max(n, 1) for k, v in sums.items()}
+
+
+def plot_losses(stages: list[DemoStage], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from loci_fast.train.logs import read_metrics
+
+    for stage in stages:
+        records = read_metrics(out / stage.name / "metrics.jsonl")
+        steps = [r["step"] for r in records]
+        fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+        ax.plot(steps, [r["loss"] for r in records], lw=0.8, alpha=0.5, label="loss")
+        k = max(1, len(records) // 15)
+        smooth = [sum(r["loss"] for r in records[max(0, i - k):i + 1]) / len(records[max(0, i - k):i + 1])
+                  for i in range(len(records))]
+        ax.plot(steps, smooth, lw=1.6, label=f"running mean ({k + 1} steps)")
+        ax.set_xlabel("optimiser step")
+        ax.set_ylabel("training loss")
+        ax.set_yscale("log")
+        ax.set_title(f"{stage.name}: training loss (mean over ranks)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "report" / f"loss-{stage.name}.png")
+        plt.close(fig)
+
+
+def _window(records: list[dict], first: bool, key: str = "loss", n: int = 10) -> float:
+    part = records[:n] if first else records[-n:]
+    return sum(r.get(key, 0.0) for r in part) / max(len(part), 1)
+
+
+def write_report(stages: list[DemoStage], out: Path, device: str, total: float) -> Path:
+    from loci_fast.train.logs import read_metrics
+
+    lines = ["# loci-fast demo report", "",
+             f"Five object stages of Loci-Segmented trained with `deepspeed` on {device}, "
+             f"each from the previous stage's checkpoint, on {DATA['train_videos']} synthetic "
+             f"PyBullet videos ({DATA['frames']} frames, {DATA['size']}x{DATA['size']}). "
+             f"Evaluation on {DATA['val_videos']} held-out videos. Total wall time "
+             f"{total / 60:.1f} min.", "",
+             "| stage | steps | wall (s) | s/step | train loss first 10 -> last 10 | val loss | "
+             "val mask | val rgb | val depth | val mean IoU |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for s in stages:
+        records = read_metrics(out / s.name / "metrics.jsonl")
+        iou = f"{s.eval.get('mean_iou', 0):.3f}" if s.name in ("mask", "stage1", "stage2") else "n/a"
+        per_step = f"{s.step_seconds:.2f}" if s.step_seconds else "-"
+        lines.append(
+            f"| {s.name} | {records[-1]['step'] if records else 0} | {s.seconds:.0f} | {per_step} | "
+            f"{_window(records, True):.4f} -> {_window(records, False):.4f} | "
+            f"{s.eval.get('loss', float('nan')):.4f} | {s.eval.get('mask_loss', 0):.4f} | "
+            f"{s.eval.get('rgb_loss', 0):.4f} | {s.eval.get('depth_loss', 0):.4f} | {iou} |")
+    lines += ["", "The training loss is the sum of the stage's loss terms (LociPretrainer `loss`); "
+              "mask, depth and rgb decoders train their own autoencoder, stages 1 and 2 the "
+              "encoder and decoder (mask term weighted x100). Mean IoU: predicted mask > 0.5 "
+              "against the instance mask.", ""]
+    for s in stages:
+        lines += [f"## {s.name}", "", f"![loss {s.name}](report/loss-{s.name}.png)", "",
+                  f"Reconstructions of held-out crops (rows: inputs, then outputs):", "",
+                  f"![reconstruction {s.name}](report/reconstruction-{s.name}.png)", ""]
+    lines += ["Runs, checkpoints, metrics.jsonl, TensorBoard logs and training-time image grids: "
+              "`" + str(out) + "/<stage>/`. Log of every command: `demo.log`.", ""]
+    path = out / "REPORT.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def step_time(run: Path) -> float | None:
+    """Median wall seconds per optimiser step from metrics.jsonl (skips the first steps)."""
+    from loci_fast.train.logs import read_metrics
+
+    records = read_metrics(run / "metrics.jsonl")
+    times = [b["time"] - a["time"] for a, b in zip(records[5:], records[6:]) if b["step"] == a["step"] + 1]
+    if not times:
+        return None
+    times.sort()
+    return times[len(times) // 2]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loci_fast.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="out/demo", help="demo folder (default out/demo)")
+    parser.add_argument("--ranks", type=int, default=2, help="ranks per stage (default 2)")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every stage's steps")
+    parser.add_argument("--fresh", action="store_true", help="delete --out first")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    out = Path(args.out).resolve()
+    if args.fresh and out.exists():
+        shutil.rmtree(out)
+    (out / "report").mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    print(f"demo: output in {out}", flush=True)
+    train, val = make_data(out, workers=max(1, min(2, os.cpu_count() or 1)))
+    prefix, device = launcher(args.ranks)
+    stages = [DemoStage(s.name, s.config, s.steps, s.init_from) for s in STAGES]
+    for stage in stages:
+        print(f"\ndemo: stage {stage.name} on {device}", flush=True)
+        train_stage(stage, out, train, prefix, args.scale)
+        stage.step_seconds = step_time(out / stage.name)
+        evaluate(stage, out, val)
+    plot_losses(stages, out)
+    report = write_report(stages, out, device, time.perf_counter() - started)
+    print(f"\ndemo: done in {(time.perf_counter() - started) / 60:.1f} min; report: {report}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
