@@ -213,7 +213,15 @@ class ViewStream(IterableDataset):
         for b, items in enumerate(gen):
             if b < self.skip.get(wid, 0):
                 continue  # consumed before a resume: chosen from metadata, never decoded
-            batch = self._produce(items, stats)
+            if info is None:  # in the caller's process: tiny tensor ops, where extra threads only contend
+                threads = torch.get_num_threads()
+                torch.set_num_threads(1)
+                try:
+                    batch = self._produce(items, stats)
+                finally:
+                    torch.set_num_threads(threads)
+            else:
+                batch = self._produce(items, stats)
             batch["_worker"], batch["_batch"] = wid, b
             batch["_skipped"] = stats.skipped_samples + stats.skipped_shards
             yield batch
