@@ -30,17 +30,20 @@ def make_inputs(gen: torch.Generator, B: int, O: int, C: int, k: int, *, prio: b
 def compare_merge(gen, inputs, dtype, *, size, num_slots, with_raw=False, **kw):
     """Triton in ``dtype`` (outputs and gradient buffers poisoned) vs the reference in float64.
 
+    The reference sees the inputs rounded to ``dtype`` (then widened): the test measures the
+    kernel, not input rounding, which a narrow Gaussian amplifies (its position gradient scales
+    with 1/σ²: bf16-rounded positions alone move it by ~10%).
     ``inputs`` may be non-contiguous; they are used as given when already in ``dtype``.
     Returns (our gradients, reference gradients) for further checks.
     """
-    ref_in = [None if x is None else x.detach().double().requires_grad_(True) for x in inputs]
+    ref_in = [None if x is None else x.detach().to(dtype).double().requires_grad_(True) for x in inputs]
     ours_in = [None if x is None else (x.detach() if x.dtype == dtype else x.detach().to(dtype)).requires_grad_(True)
                for x in inputs]
     ref = slot_gaussian_merge_reference(*ref_in, size=size, num_slots=num_slots, with_raw=with_raw, **kw)
     ours = run_triton(slot_gaussian_merge, *ours_in, size=size, num_slots=num_slots, with_raw=with_raw, **kw)
     assert ours.dtype == dtype and ours.shape == ref.shape
     assert_close(ours, ref, dtype, "output")
-    gout = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+    gout = torch.randn(ref.shape, generator=gen, dtype=torch.float64).to(ref.device)
     live = [i for i, x in enumerate(ref_in) if x is not None]
     ref_g = torch.autograd.grad(ref, [ref_in[i] for i in live], gout)
     with use_backend("triton"), poison_outputs():
@@ -52,13 +55,14 @@ def compare_merge(gen, inputs, dtype, *, size, num_slots, with_raw=False, **kw):
 
 
 def compare_maps(gen, pos, dtype, *, size, **kw):
-    ref_in = pos.detach().double().requires_grad_(True)
+    """As :func:`compare_merge`, for ``gaussian_maps``; returns our position gradient."""
+    ref_in = pos.detach().to(dtype).double().requires_grad_(True)
     ours_in = pos.detach().to(dtype).requires_grad_(True)
     ref = gaussian_maps_reference(ref_in, size, **kw)
     ours = run_triton(gaussian_maps, ours_in, size, **kw)
     assert ours.shape == (pos.shape[0], 1, *size) and ours.dtype == dtype
     assert_close(ours, ref, dtype, "maps")
-    gout = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+    gout = torch.randn(ref.shape, generator=gen, dtype=torch.float64).to(ref.device)
     (ref_g,) = torch.autograd.grad(ref, ref_in, gout)
     with use_backend("triton"), poison_outputs():
         (our_g,) = torch.autograd.grad(ours, ours_in, gout.to(dtype))
