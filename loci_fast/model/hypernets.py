@@ -46,6 +46,8 @@ class HyperConv2dDepthWise(nn.Module):
         if weights.dim() != 2 or weights.shape != (n, self.num_weights()):
             raise ValueError(f"weights: expected shape ({n}, {self.num_weights()}) = (N, C·k² + C) for "
                              f"C={c}, k={k}, received {tuple(weights.shape)}")
+        # Under autocast the generated weights can come out in another dtype than x; the kernel wants one.
+        weights = weights.to(x.dtype)
         kernels = weights[:, :c * k * k].reshape(n, c, k, k)
         bias = weights[:, c * k * k:]
         return K.hyper_depthwise_conv2d(x, kernels, bias)
