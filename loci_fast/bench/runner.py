@@ -57,7 +57,9 @@ def check_case(case: BenchCase, dtype: torch.dtype, device: torch.device, seed: 
     """
     gen = torch.Generator(device="cpu").manual_seed(seed)
     base = case.make_inputs(torch.float64, device, gen)
-    ref_in, our_in = cast_inputs(base, torch.float64), cast_inputs(base, dtype)
+    # The oracle sees the same dtype-rounded inputs: the gate measures the op, not input rounding.
+    our_in = cast_inputs(base, dtype)
+    ref_in = cast_inputs(our_in, torch.float64)
     ref_out, our_out = as_tuple(case.reference(**ref_in)), as_tuple(case.fused(**our_in))
     errors = {f"out{i}": _rel_err(o, r) for i, (o, r) in enumerate(zip(our_out, ref_out))}
     if len(ref_out) != len(our_out):
@@ -165,6 +167,7 @@ def run_suite(ops: Iterable[str] = OPS, *, quick: bool = False, out_dir: str | P
         "device": device_name(device),
         "mode": mode,
         "quick": quick,
+        "ops": list(ops),
         "torch": torch.__version__,
         "triton": triton.__version__,
         "python": platform.python_version(),
@@ -172,7 +175,7 @@ def run_suite(ops: Iterable[str] = OPS, *, quick: bool = False, out_dir: str | P
     }
     if timer is not None:
         results["copy_bandwidth_gbs"] = copy_bandwidth_gbs(device, timer)
-    for case in load_cases(ops, quick, device):
+    for case in load_cases(results["ops"], quick, device):
         for dtype in case.dtypes:
             dname = next(k for k, v in DTYPE_NAMES.items() if v == dtype)
             if device.type == "cpu" and dtype in (torch.bfloat16, torch.float16):
@@ -207,6 +210,8 @@ def write_results(results: dict[str, Any], out_dir: Path) -> Path:
     """Write ``<date>-<device>[-quick].json`` and the matching ``.md`` table into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{results['date'][:10]}-{_slug(results['device'])}" + ("-quick" if results["quick"] else "")
+    if tuple(results["ops"]) != OPS:  # a partial run must not overwrite the day's full results
+        stem += "-" + "-".join(results["ops"])
     path = out_dir / f"{stem}.json"
     path.write_text(json.dumps(results, indent=1, default=str) + "\n")
     (out_dir / f"{stem}.md").write_text(markdown_table(results))
