@@ -84,7 +84,22 @@ class StreamLoader:
         if self.num_workers:
             kwargs.update(persistent_workers=False, prefetch_factor=self.prefetch_factor or 2)
         loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=self.num_workers, **kwargs)
-        for batch in loader:
+        it = iter(loader)
+        try:
+            yield from self._consume(it, partial)
+        finally:
+            # Stop worker processes now, not whenever a traceback holding `it` dies: workers forked
+            # later would inherit the live iterator and stall at exit.
+            shutdown = getattr(it, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+        self.epoch += 1
+        self._skipped_before += sum(self._skipped.values())
+        self._consumed, self._skipped, self._partial = {}, {}, None
+
+    def _consume(self, it: Iterator[dict[str, Any]], partial: dict[str, int] | None) -> Iterator[dict[str, Any]]:
+        """Book-keep each batch (worker, consumed count, skips) and expand TBPTT groups."""
+        for batch in it:
             wid = int(batch.pop("_worker"))
             batch.pop("_batch")
             self._skipped[wid] = int(batch.pop("_skipped"))
@@ -103,9 +118,6 @@ class StreamLoader:
                 self._partial = {"worker": wid, "chunks": n + 1}
                 yield chunk
             self._partial = None
-        self.epoch += 1
-        self._skipped_before += sum(self._skipped.values())
-        self._consumed, self._skipped, self._partial = {}, {}, None
 
 
 def _fake_window(sequence_len: int) -> dict[str, Any]:
