@@ -1,0 +1,86 @@
+"""``loci-fast import-upstream``: convert an upstream Loci-Segmented checkpoint into a loci-fast state dict."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "import-upstream", help="convert an upstream (Lightning) checkpoint into a loci-fast state dict",
+        description="Reads an upstream Loci-Segmented checkpoint (a Lightning .ckpt or a saved state dict) "
+                    "without executing pickled code, converts it to loci-fast's layout, checks it against the "
+                    "model built from --config, and writes OUT (.safetensors, or a torch state dict otherwise).")
+    p.add_argument("checkpoint", metavar="IN.ckpt", help="upstream checkpoint file")
+    p.add_argument("--config", required=True, metavar="CFG",
+                   help="the config the checkpoint was trained with (upstream JSON or ours)")
+    p.add_argument("--kind", default="pretrainer", choices=("pretrainer",),
+                   help="which upstream module the checkpoint holds (default: %(default)s)")
+    p.add_argument("--out", required=True, metavar="OUT", help="output file: *.safetensors or a torch file (.pt)")
+    p.set_defaults(func=run)
+
+
+def load_upstream_checkpoint(path: str) -> dict:
+    """The state dict inside an upstream checkpoint, loaded with ``weights_only=True``.
+
+    Accepts a Lightning checkpoint (its ``state_dict`` entry) or a bare state dict. Raises
+    ValueError with a remedy when the file needs arbitrary unpickling or holds no state dict.
+    """
+    import pickle
+
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such checkpoint file") from None
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"{path}: cannot be read safely with torch.load(weights_only=True) ({first}). loci-fast does not "
+            "unpickle arbitrary objects, which could run code. If you trust the file, re-save only its "
+            "tensors in an environment that can open it, e.g. torch.save(torch.load(IN, weights_only=False)"
+            "['state_dict'], 'state_dict.pt'), and import that file.") from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) for k in obj):
+        raise ValueError(f"{path}: expected a Lightning checkpoint with a 'state_dict' entry or a state dict "
+                         f"(a dict of names to tensors), found {type(obj).__name__}")
+    return obj
+
+
+def run(args: argparse.Namespace) -> int:
+    from loci_fast.config import ConfigError, load_config
+
+    from .pretrainer import LociPretrainer
+    from .upstream import convert_state_dict
+
+    try:
+        model_cfg = load_config(args.config)["model"]
+    except ConfigError as err:
+        print(f"error: --config {args.config}: {err}", file=sys.stderr)
+        return 2
+    try:
+        state = load_upstream_checkpoint(args.checkpoint)
+        model = LociPretrainer(model_cfg)
+        converted = convert_state_dict(state, kind=args.kind, model=model)
+        model.load_state_dict(converted, strict=True)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    save(converted, args.out)
+    n = sum(t.numel() for t in converted.values())
+    print(f"wrote {args.out}: {len(converted)} tensors, {n:,} values (kind {args.kind})")
+    return 0
+
+
+def save(state: dict, path: str) -> None:
+    """Write a state dict as .safetensors (by extension) or with torch.save."""
+    import torch
+
+    if path.endswith(".safetensors"):
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, path)
+    else:
+        torch.save(state, path)
