@@ -5,12 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from loci_fast.data import iter_videos
 
 
-@pytest.mark.slow
 def test_two_ranks_equal_counts_and_disjoint_eval(tmp_path, synth_shards):
     script = Path(__file__).with_name("dist_loader_check.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
