@@ -72,3 +72,17 @@ def test_loaders_read_converted_soft_masks_and_missing_depth(tmp_path, upstream_
     assert (b["depth"] == -1).all() and not b["use_depth"].any()
     with pytest.raises(DataError, match="fewer frames than sequence_len"):
         next(iter(video_chunks(tmp_path / "n", batch_size=1, sequence_len=9, epoch_batches=1)))
+
+
+def test_convert_resumes_without_rewriting_finished_shards(tmp_path, upstream_hdf5):
+    path, _ = upstream_hdf5
+    first = convert_hdf5(path, tmp_path, shard_videos=1, progress=False, log=lambda s: None)
+    reference = first[1].read_bytes()
+    before = first[0].stat().st_mtime_ns
+    first[1].unlink()
+    (tmp_path / "test-000001.tar.tmp99").write_bytes(b"half")
+    logs = []
+    again = convert_hdf5(path, tmp_path, shard_videos=1, progress=False, log=logs.append)
+    assert again == first and first[0].stat().st_mtime_ns == before
+    assert first[1].read_bytes() == reference and not list(tmp_path.glob("*.tmp*"))
+    assert any("1 of 2 shards already" in line for line in logs)
