@@ -21,12 +21,12 @@ COMPAT_FLAGS: dict[str, tuple[bool, str]] = {
         "(250*pi + 2.5*eps) in training and in evaluation. False: no noise (deterministic "
         "occlusion order).",
     ),
-    "hyper_shared_offset": (
+    "hyper_slices_from_start": (
         True,
-        "Upstream HyperSequential never advances its slice offset (nn/hypernets.py at b4abc3a, not in "
-        "reference §6.3): every hyper layer of a sub-network reads the *leading* num_weights() values "
-        "of base_weights and of the per-slot dynamic vector, so layers share weights. False: layer i "
-        "reads its own slice [a_i, b_i), as the reference describes. (Read by the encoder.)",
+        "Upstream HyperSequential never advances its slice offset (nn/hypernets.py at b4abc3a; reference "
+        "§6.3 describes per-layer slices): every hyper layer of a sub-network reads the *leading* "
+        "num_weights() values of base_weights and of the per-slot dynamic vector. False: layer i reads "
+        "its own slice. (Read by LociEncoder.)",
     ),
 }
 

@@ -14,6 +14,8 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
+from .upstream_encoder_keys import encoder_key_map
+
 KINDS = ("pretrainer",)
 _DROP = "drop"
 _LEGACY = "legacy"
@@ -40,8 +42,6 @@ _DEC_M = r"decoder\.to_mask|mask_pretrainer\.decoder"  # mask decoders
 _RULES: list[tuple[re.Pattern, str, Callable[[torch.Tensor], torch.Tensor]]] = [(re.compile(p), r, f) for p, r, f in [
     (r"^gestalt_(?:mean|std)$", _DROP, _same),  # unused parameters of upstream's pretrainer
     (r"^(?:.+\.)?legacy$", _LEGACY, _same),  # always-off old std parameterisation (checked to be 0)
-    # the encoder's module names follow upstream's one to one
-    (r"^encoder\.(.+)$", r"encoder.\1", _same),
     # mask decoders: conv stack and the x16 upscaler
     (rf"^({_DEC_M})\.(decoder\.\d+\.(?:weight|bias)|mask_reconstruction\.{_WB12})$", r"\1.\2", _same),
     # depth and RGB decoders: upstream's Linear "Conv1x1" is our 1x1 convolution
@@ -63,6 +63,21 @@ _RULES: list[tuple[re.Pattern, str, Callable[[torch.Tensor], torch.Tensor]]] = [
     (r"^decying_mse\.num_updates$", "decaying_mse.num_updates", _as_scalar),
     (r"^init_counter$", "init_counter.num_updates", _as_scalar),
 ]]
+
+
+def _place(key: str) -> tuple[str, Callable[[torch.Tensor], torch.Tensor]] | None:
+    """(our key, or a drop marker; tensor transform) for an upstream key, None if no rule places it."""
+    if key.startswith("encoder."):
+        rel = key[len("encoder."):]
+        for pattern, repl in encoder_key_map():  # the encoder's own map, upstream_encoder_keys.py
+            if re.match(pattern, rel):
+                return (_LEGACY, _same) if repl is None else ("encoder." + re.sub(pattern, repl, rel), _same)
+        return None
+    for pattern, target, transform in _RULES:
+        match = pattern.match(key)
+        if match is not None:
+            return (target if target in (_DROP, _LEGACY) else match.expand(target)), transform
+    return None
 
 
 def strip_lightning_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -115,18 +130,14 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor], kind: str = "pret
         if not isinstance(value, torch.Tensor):
             not_tensors.append(f"{key} ({type(value).__name__})")
             continue
-        for pattern, target, transform in _RULES:
-            match = pattern.match(key)
-            if match is None:
-                continue
-            if target == _LEGACY:
-                if value.numel() != 1 or float(value) != 0:
-                    legacy_on.append(f"{key} = {value.tolist()}")
-            elif target != _DROP:
-                out[match.expand(target)] = transform(value)
-            break
-        else:
+        placed = _place(key)
+        if placed is None:
             unplaced.append(key)
+        elif placed[0] == _LEGACY:
+            if value.numel() != 1 or float(value) != 0:
+                legacy_on.append(f"{key} = {value.tolist()}")
+        elif placed[0] != _DROP:
+            out[placed[0]] = placed[1](value)
     problems = []
     if unplaced:
         problems.append(f"{len(unplaced)} keys are not part of an upstream LociPretrainer (is this the right "
