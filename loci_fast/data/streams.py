@@ -104,11 +104,14 @@ def _iter_metas(shard: str, on_error: str, stats: ReadStats) -> Iterator[tuple[s
         yield key, meta
 
 
-def _iter_parsed(shard: str, on_error: str, stats: ReadStats, only_meta: bool = False):
+def _iter_parsed(shard: str, on_error: str, stats: ReadStats,
+                 only_meta: bool = False) -> Iterator[tuple[str, dict[str, bytes], dict[str, Any]]]:
+    """(key, raw fields, validated meta) per sample; with ``only_meta`` only meta.json is read (the
+    member list is then checked later, at decode time). Bad samples/shards raise or are skipped."""
     try:
         for key, fields in iter_raw(shard, only=("meta.json",) if only_meta else None):
             try:
-                meta, _ = parse_meta(key, fields, shard) if not only_meta else (_meta_only(key, fields, shard), None)
+                meta = _meta_only(key, fields, shard) if only_meta else parse_meta(key, fields, shard)[0]
             except SampleError as err:
                 if on_error == "raise":
                     raise
