@@ -20,14 +20,48 @@ from .errors import REWRITE, DataError, SampleError, ShardError
 from .schema import validate_arrays, validate_fields, validate_meta
 
 
+def _braces(pattern: str) -> list[str]:
+    """Expand ``{a..b}`` (zero-padded like ``a``) and ``{x,y}`` groups, as webdataset's braceexpand.
+
+    Used when braceexpand (a webdataset dependency) is missing, e.g. on the GPU image.
+    """
+    start = pattern.find("{")
+    if start < 0:
+        return [pattern]
+    depth = 0
+    for end in range(start, len(pattern)):
+        depth += {"{": 1, "}": -1}.get(pattern[end], 0)
+        if depth == 0:
+            break
+    else:
+        return [pattern]
+    body, head, tail = pattern[start + 1:end], pattern[:start], pattern[end + 1:]
+    lo, sep, hi = body.partition("..")
+    if sep and lo.isdigit() and hi.isdigit():
+        options = [str(i).zfill(len(lo)) for i in range(int(lo), int(hi) + 1)]
+    else:
+        options, depth, cur = [], 0, ""
+        for ch in body:  # split on top-level commas only
+            depth += {"{": 1, "}": -1}.get(ch, 0)
+            if ch == "," and depth == 0:
+                options.append(cur)
+                cur = ""
+            else:
+                cur += ch
+        options.append(cur)
+    return [x for opt in options for x in _braces(head + opt + tail)]
+
+
 def expand_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[str]:
     """Shard paths from paths, globs (``*``, ``?``, ``[..]``) and brace patterns (``a-{000..003}.tar``).
 
     Directories expand to the ``*.tar`` files inside. Literal paths are kept even when missing, so
     the reader can name them; a glob that matches nothing raises ``ShardError``.
     """
-    from braceexpand import braceexpand
-
+    try:
+        from braceexpand import braceexpand
+    except ImportError:
+        braceexpand = _braces
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     out: list[str] = []

@@ -95,3 +95,12 @@ def test_writer_rejects_bad_keys_and_arrays(seed):
     v["rgb"] = v["rgb"][:, :, :, :2]
     with pytest.raises(SampleError, match="rgb"):
         encode_video(v)
+
+
+def test_brace_fallback_matches_braceexpand():
+    from braceexpand import braceexpand
+
+    from loci_fast.data.reader import _braces
+
+    for p in ["a-{000..003}.tar", "x/{a,b}-{1..2}.tar", "{a,{b,c}}z", "plain.tar", "n-{9..11}"]:
+        assert _braces(p) == list(braceexpand(p))
