@@ -70,6 +70,8 @@ def _convert(args: argparse.Namespace) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     from .inspect import inspect_shards
 
-    report = inspect_shards(args.paths, check=args.check)
+    import sys
+
+    report = inspect_shards(args.paths, check=args.check, progress=sys.stderr.isatty())
     print(report.text())
     return 0 if report.ok else 1

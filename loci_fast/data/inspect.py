@@ -45,16 +45,18 @@ class InspectReport:
         return "\n".join(lines)
 
 
-def inspect_shards(paths: str | Iterable[str], *, check: bool = False) -> InspectReport:
+def inspect_shards(paths: str | Iterable[str], *, check: bool = False, progress: bool = False) -> InspectReport:
     """Summarise shards; with ``check`` decode and validate every sample, collecting each problem
-    (with its shard and key) instead of stopping at the first."""
+    (with its shard and key) instead of stopping at the first. ``progress`` shows a bar per shard."""
+    from tqdm import tqdm
+
     rep = InspectReport(checked=check)
     try:
         shards = expand_paths(paths)
     except DataError as err:
         rep.errors.append(str(err))
         return rep
-    for shard in shards:
+    for shard in tqdm(shards, unit="shard", desc="inspect", disable=not progress, leave=False):
         rep.shards += 1
         rep.bytes += os.path.getsize(shard) if os.path.exists(shard) else 0
         try:
