@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-FLOOR_TEXTURES = ("checker_blue.png", "checker_grid.jpg", "tex256.png", "uvmap.png", "colors16.png")
+TEXTURES = ("checker_blue.png", "checker_grid.jpg", "tex256.png", "uvmap.png", "colors16.png")
+TEXTURED_OBJECTS = 0.3  # share of objects that get a (tinted) texture instead of a plain colour
 NUM_RANDOM_MESHES = 1000  # pybullet_data/random_urdfs/000 .. 999
 ARENA = 1.6               # objects start within [-ARENA, ARENA]^2 metres
 
@@ -75,9 +76,9 @@ def build_scene(p, rng: np.random.Generator, num_objects: int) -> Scene:
     p.setPhysicsEngineParameter(deterministicOverlappingPairs=1)
     p.setGravity(0, 0, -9.81)
     floor = p.loadURDF(os.path.join(data_path(), "plane.urdf"))
-    tex = p.loadTexture(os.path.join(data_path(), FLOOR_TEXTURES[rng.integers(len(FLOOR_TEXTURES))]))
+    textures = [p.loadTexture(os.path.join(data_path(), name)) for name in TEXTURES]
     tint = rng.uniform(0.5, 1.0, 3).tolist() + [1.0]
-    p.changeVisualShape(floor, -1, textureUniqueId=tex, rgbaColor=tint)
+    p.changeVisualShape(floor, -1, textureUniqueId=textures[rng.integers(len(textures))], rgbaColor=tint)
     p.changeDynamics(floor, -1, lateralFriction=0.6, restitution=0.4)
     scene = Scene(floor=floor, light_direction=tuple(rng.uniform([-1, -1, 1], [1, 1, 3]).tolist()))
     placed: list[tuple[np.ndarray, float]] = []
@@ -94,6 +95,8 @@ def build_scene(p, rng: np.random.Generator, num_objects: int) -> Scene:
                                  baseVisualShapeIndex=vis, basePosition=pos.tolist(), baseOrientation=orn)
         colour = rng.uniform(0.05, 1.0, 3)
         p.changeVisualShape(body, -1, rgbaColor=colour.tolist() + [1.0])
+        if rng.random() < TEXTURED_OBJECTS:
+            p.changeVisualShape(body, -1, textureUniqueId=textures[rng.integers(len(textures))])
         p.changeDynamics(body, -1, lateralFriction=float(rng.uniform(0.3, 0.9)),
                          restitution=float(rng.uniform(0.1, 0.7)))
         # Thrown towards the centre with some spread, MOVi-style.
