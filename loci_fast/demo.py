@@ -40,13 +40,13 @@ class DemoStage:
 
 
 STAGES = (
-    DemoStage("mask", "pretrain-mask-decoder.json", 300),
-    DemoStage("depth", "pretrain-depth-decoder.json", 250),
-    DemoStage("rgb", "pretrain-rgb-decoder.json", 250),
-    DemoStage("stage1", "pretrain-encoder-decoder-stage1.json", 250, ("mask", "depth", "rgb")),
-    DemoStage("stage2", "pretrain-encoder-decoder-stage2.json", 120, ("stage1",)),
+    DemoStage("mask", "pretrain-mask-decoder.json", 600),
+    DemoStage("depth", "pretrain-depth-decoder.json", 400),
+    DemoStage("rgb", "pretrain-rgb-decoder.json", 400),
+    DemoStage("stage1", "pretrain-encoder-decoder-stage1.json", 300, ("mask", "depth", "rgb")),
+    DemoStage("stage2", "pretrain-encoder-decoder-stage2.json", 150, ("stage1",)),
 )
-DATA = dict(train_videos=24, val_videos=4, frames=8, size=64, shard_videos=6)
+DATA = dict(train_videos=24, val_videos=4, frames=8, size=128, objects=(2, 4), shard_videos=6)
 
 
 def _bin(name: str) -> str:
@@ -83,6 +83,7 @@ def make_data(out: Path, workers: int) -> tuple[str, str]:
             old.unlink()
         _run([_bin("loci-fast"), "data", "synth", "--out", str(data), "--videos", str(videos),
               "--frames", str(DATA["frames"]), "--size", str(DATA["size"]), "--seed", str(seed),
+              "--objects", *(str(n) for n in DATA["objects"]),
               "--split", split, "--shard-videos", str(DATA["shard_videos"]),
               "--workers", str(workers), "--no-progress"], out / "demo.log")
         done.write_text("ok\n")
@@ -144,7 +145,7 @@ def evaluate(stage: DemoStage, out: Path, val: str, batches: int = 2) -> None:
     model.load_state_dict(weights)
     model.eval()
     size = tuple(cfg["model"]["input_size"])
-    stream = object_crops(sorted(str(p) for p in Path().glob(val)) or val, batch_size=16, size=size,
+    stream = object_crops(val, batch_size=16, size=size,
                           seed=7, rank=0, world_size=1, num_workers=0, augment=False, training=False)
     sums: dict[str, float] = {}
     n = 0

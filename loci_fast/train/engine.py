@@ -107,6 +107,18 @@ def _to_device(batch: dict[str, Any], device: torch.device, dtype: torch.dtype) 
     return moved
 
 
+def endless(stream) -> Any:
+    """Batches of ``stream`` epoch after epoch (each ``iter()`` of a loader is one epoch)."""
+    while True:
+        empty = True
+        for batch in stream:
+            empty = False
+            yield batch
+        if empty:
+            raise TrainError("the training data yielded no batch in a whole epoch; check that the "
+                             "shards hold samples with objects (loci-fast data inspect)")
+
+
 def train(options: TrainOptions) -> RunResult:
     """Check everything, then train until max_steps, a signal, or too many non-finite losses."""
     started = time.perf_counter()
@@ -206,7 +218,7 @@ def train(options: TrainOptions) -> RunResult:
     consecutive_bad = skipped_total = 0
     stopped_by, last_saved = "max_steps", None
     first_step_done = None
-    batches = iter(stream)
+    batches = endless(stream)
     engine.train()
     try:
         while options.max_steps is None or step < options.max_steps:

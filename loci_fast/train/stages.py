@@ -57,26 +57,34 @@ class ObjectStage(Stage):
         return StepOutput(out["loss"], metrics, self.images(batch, out))
 
     def images(self, batch: dict[str, Any], out: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Rows of the PNG grid: the inputs, then what this stage reconstructs."""
+        """Rows of the PNG grid: inputs, then targets and outputs inside the object mask.
+
+        The losses only look inside the mask, so outputs are shown there; depth is the normalised
+        depth the model predicts, mapped to grey as 0.5 + 0.25 * value.
+        """
         binary = (batch["mask"] > 0.5).to(batch["rgb"].dtype)
-        rows = {"input rgb": batch["rgb"], "input mask": batch["mask"]}
-        if self.mode in ("depth", "rgb"):
-            rows["target"] = batch["rgb"] * binary if self.mode == "rgb" else _normalise(
-                batch["depth"], binary)
-        for key in ("mask", "depth", "rgb"):
-            value = out.get(key)
-            if isinstance(value, torch.Tensor):
-                rows[f"output {key}"] = _normalise(value, None) if key == "depth" else value
-        return {k: v.detach() for k, v in rows.items()}
+        rows = {"input rgb": batch["rgb"], "input mask": binary}
+        if isinstance(out.get("mask"), torch.Tensor):
+            rows["output mask"] = out["mask"]
+        if isinstance(out.get("depth"), torch.Tensor):
+            rows["target depth"] = _depth_image(_normalised_depth(batch["depth"], binary), binary)
+            rows["output depth"] = _depth_image(out["depth"], binary)
+        if isinstance(out.get("rgb"), torch.Tensor):
+            rows["target rgb"] = batch["rgb"] * binary
+            rows["output rgb"] = out["rgb"] * binary
+        return {k: v.detach().float() for k, v in rows.items()}
 
 
-def _normalise(depth: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Depth scaled to [0, 1] per image for display."""
-    d = depth.detach().float()
-    lo = d.amin(dim=(1, 2, 3), keepdim=True)
-    hi = d.amax(dim=(1, 2, 3), keepdim=True)
-    d = (d - lo) / (hi - lo + 1e-6)
-    return d * mask if mask is not None else d
+def _normalised_depth(depth: torch.Tensor, binary: torch.Tensor) -> torch.Tensor:
+    """(D - masked mean) / masked std inside the mask: the depth target of every stage (§15.2)."""
+    area = binary.sum((1, 2, 3), keepdim=True) + 1e-6
+    mean = (depth * binary).sum((1, 2, 3), keepdim=True) / area
+    std = (((depth - mean) ** 2 * binary).sum((1, 2, 3), keepdim=True) / area).sqrt()
+    return (depth - mean) / (std + 1e-6) * binary
+
+
+def _depth_image(depth: torch.Tensor, binary: torch.Tensor) -> torch.Tensor:
+    return ((0.5 + 0.25 * depth.detach().float()).clamp(0, 1)) * binary
 
 
 ENCODER_DECODER = ("encoder.", "decoder.", "std", "depth")

@@ -1,4 +1,5 @@
 """Real multi-rank runs on the CPU: deepspeed launcher, torchrun, SIGKILL + resume, SIGTERM."""
+import json
 import random
 import signal
 
@@ -58,11 +59,16 @@ def test_sigkill_then_resume_reproduces_the_loss_sequence(toy, uninterrupted, se
     assert losses(out) == losses(uninterrupted)  # bitwise: same floats, same steps
 
 
-def test_torchrun_sigterm_writes_a_checkpoint(toy):
+def test_torchrun_zero2_accumulation_sigterm_writes_a_checkpoint(toy):
+    """torchrun, ZeRO 2 with our Ranger, 2 micro-batches per step, clipping; SIGTERM mid-run."""
     tmp, cfg, shards = toy
     out = tmp / "sigterm"
-    proc = start(launcher("torchrun") + train_args(cfg, shards, out, "--max-steps", "1000",
-                                                   "--save-every", "1000"))
+    ds = tmp / "zero2-accum2-clip.json"
+    ds.write_text(json.dumps({"gradient_accumulation_steps": 2, "gradient_clipping": 1.0,
+                              "zero_optimization": {"stage": 2}}))
+    proc = start(launcher("torchrun") + train_args(
+        cfg, shards, out, "--max-steps", "1000", "--save-every", "1000", "--deepspeed", str(ds),
+        "--set", "model.gradient_accumulation_steps=2"))
     try:
         wait_for_step(proc, out / "metrics.jsonl", 3)
         kill_group(proc, signal.SIGTERM)
@@ -75,3 +81,5 @@ def test_torchrun_sigterm_writes_a_checkpoint(toy):
     assert ckpt.latest_tag(out / "checkpoints") == ckpt.tag_for(last)
     state = ckpt.client_state(out)
     assert state["step"] == last and state["world_size"] == 2
+    # ZeRO 2 writes one optimiser partition per rank.
+    assert len(list((out / "checkpoints" / ckpt.tag_for(last)).glob("*optim_states.pt"))) == 2

@@ -43,7 +43,8 @@ class ToyStream:
         self.batch_size, self.seed, self.rank, self.position = batch_size, seed, rank, 0
 
     def __iter__(self):
-        while True:
+        # Finite epochs, like the real loaders: the engine must start the next one itself.
+        for _ in range(5):
             gen = torch.Generator().manual_seed(self.seed * 7919 + self.rank * 104729 + self.position)
             index = torch.randint(len(self.images), (self.batch_size,), generator=gen)
             batch = {"rgb": self.images[index], "position": torch.tensor(self.position)}

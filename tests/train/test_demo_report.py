@@ -1,0 +1,29 @@
+"""The demo's report: loss plots and the REPORT.md table from the runs' metrics.jsonl files."""
+import json
+
+from loci_fast import demo
+
+
+def test_report_lists_every_stage_with_its_losses_and_plots(tmp_path):
+    stages = [demo.DemoStage(s.name, s.config, 20, s.init_from) for s in demo.STAGES]
+    (tmp_path / "report").mkdir()
+    for i, stage in enumerate(stages):
+        run = tmp_path / stage.name
+        run.mkdir()
+        with open(run / "metrics.jsonl", "w") as fh:
+            for step in range(1, 21):
+                fh.write(json.dumps({"step": step, "loss": (i + 1) / step, "time": step * 0.5}) + "\n")
+        stage.seconds, stage.step_seconds = 12.0, demo.step_time(run)
+        stage.eval = {"loss": 0.25, "mask_loss": 0.125, "mean_iou": 0.5}
+    demo.plot_losses(stages, tmp_path)
+    text = demo.write_report(stages, tmp_path, "2 CPU ranks (gloo)", 600.0).read_text()
+    for i, stage in enumerate(stages):
+        assert (tmp_path / "report" / f"loss-{stage.name}.png").stat().st_size > 1000
+        first = sum((i + 1) / s for s in range(1, 11)) / 10
+        last = sum((i + 1) / s for s in range(11, 21)) / 10
+        row = next(line for line in text.splitlines() if line.startswith(f"| {stage.name} |"))
+        assert f"| 20 | 12 | 0.50 | {first:.4f} -> {last:.4f} | 0.2500 | 0.1250 |" in row
+        iou = "0.500" if stage.name in ("mask", "stage1", "stage2") else "n/a"
+        assert row.endswith(f"| {iou} |")
+        assert f"report/reconstruction-{stage.name}.png" in text
+    assert "10.0 min" in text
