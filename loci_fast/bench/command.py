@@ -13,6 +13,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="one shape per op, fewer repetitions")
     p.add_argument("--out", default="bench/results", help="folder for the results files (default: %(default)s)")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile of the references")
+    p.add_argument("--data", nargs="+", default=None, metavar="SHARDS",
+                   help="also measure decode throughput of each data view over these loci-video shards")
+    p.add_argument("--data-workers", type=int, default=1, help="DataLoader workers for --data (default: 1)")
     p.set_defaults(func=run)
 
 
@@ -25,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from .runner import OPS, run_suite
 
     results = run_suite(args.ops or OPS, quick=args.quick, out_dir=args.out,
-                        compile_reference=not args.no_compile)
+                        compile_reference=not args.no_compile, data=args.data, data_workers=args.data_workers)
     print(f"wrote {results['path']} ({results['mode']}, {len(results['cases'])} cases)")
     if not results["ok"]:
         print("some correctness gates FAILED: see the results file")

@@ -148,10 +148,13 @@ def _slug(text: str) -> str:
 
 def run_suite(ops: Iterable[str] = OPS, *, quick: bool = False, out_dir: str | Path = "bench/results",
               device: torch.device | None = None, timer: Timer | None = None,
-              compile_reference: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+              compile_reference: bool = True, data: Any = None, data_workers: int = 1,
+              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the gates (and, with a timer, the timings) for ``ops``; write JSON and Markdown results.
 
     ``timer`` defaults to CUDA-event timing on a GPU and to ``None`` (gates only) on a CPU.
+    ``data`` (shard paths/patterns) adds the decode throughput of each data view (frames/s per
+    worker; CPU work, so meaningful on any machine).
     Returns the results dict; ``results["ok"]`` is False when any gate failed.
     """
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -201,6 +204,12 @@ def run_suite(ops: Iterable[str] = OPS, *, quick: bool = False, out_dir: str | P
                     f"vs eager" + (f", x{entry['speedup_vs_compiled']['both']:.2f} vs compile"
                                    if "compiled" in times else ""))
             results["cases"].append(entry)
+    if data is not None:
+        from .decode import decode_throughput
+
+        results["decode"] = decode_throughput(data, seconds=2.0 if quick else 5.0, workers=data_workers)
+        for row in results["decode"]:
+            log(f"[decode] {row['view']}: {row['frames_per_s_per_worker']:.0f} frames/s per worker")
     results["ok"] = all(c["gate"]["ok"] for c in results["cases"])
     write_results(results, Path(out_dir))
     return results
@@ -246,4 +255,8 @@ def markdown_table(results: dict[str, Any]) -> str:
             lines.append(f"| {c['op']} | {c['label']} | {c['dtype']} | {p} | {t['reference'][p]:.3f} | {comp} | "
                          f"{t['ours'][p]:.3f} | {c['speedup_vs_reference'][p]:.2f} | {xc} | "
                          f"{c['bandwidth_gbs'][p]:.0f} | {100 * c['bandwidth_fraction'][p]:.0f}% |")
+    if results.get("decode"):
+        lines += ["", "| data view | workers | frames/s | frames/s per worker |", "|---|---|---|---|"]
+        lines += [f"| {r['view']} | {r['workers']} | {r['frames_per_s']:.0f} | {r['frames_per_s_per_worker']:.0f} |"
+                  for r in results["decode"]]
     return "\n".join(lines) + "\n"

@@ -75,3 +75,36 @@ def test_failed_gate_marks_the_run_failed(tmp_path, monkeypatch):
 def test_unknown_op_is_named():
     with pytest.raises(ValueError, match="unknown op 'nope'"):
         runner.load_cases(["nope"], quick=True, device=torch.device("cpu"))
+
+
+def test_suite_measures_data_decode_throughput(tmp_path, monkeypatch):
+    import loci_fast.bench.decode as decode_mod
+    from loci_fast.data.synth.run import SynthConfig, run_synth
+
+    shards = tmp_path / "shards"
+    run_synth(shards, 2, SynthConfig(frames=4, size=32, min_objects=2, max_objects=3, seed=5),
+              shard_videos=2, workers=1, progress=False, log=lambda s: None)
+    monkeypatch.setattr(runner, "load_cases", lambda ops, quick, device: [])
+    short_decode = _wrap_short(decode_mod)
+    monkeypatch.setattr(decode_mod, "decode_throughput", short_decode)
+    res = runner.run_suite(["toy"], out_dir=tmp_path / "res", device=torch.device("cpu"), quick=True,
+                           data=str(shards), log=lambda s: None)
+    views = {r["view"]: r for r in res["decode"]}
+    assert set(views) == {"iter_videos", "video_chunks", "object_crops", "frame_pairs"}
+    assert all(r["frames"] > 0 and r["frames_per_s"] > 0 for r in views.values())
+    md = next((tmp_path / "res").glob("*.md")).read_text()
+    assert "| object_crops | 1 |" in md
+    assert short_decode.calls == 1
+
+
+def _wrap_short(decode_module):
+    """decode_throughput with a short clock, so the test measures plumbing, not patience."""
+    real = decode_module.decode_throughput
+
+    def short(paths, **kw):
+        short.calls += 1
+        kw["seconds"] = 0.3
+        return real(paths, **kw)
+
+    short.calls = 0
+    return short
