@@ -58,7 +58,7 @@ def test_mode_outputs_and_loss(model, gen, mode, iterations):
             "embedding": {"mask_loss", "rgb_loss", "depth_loss"},
             "all": {"mask_loss", "rgb_loss", "depth_loss", "position_loss", "z_loss"}}[mode]
     for k in LOSS_TERMS:
-        assert (float(out[k]) > 0) == (k in used), k
+        assert (float(torch.as_tensor(out[k]).detach()) > 0) == (k in used), k
     images = {"mask": ("mask",), "depth": ("depth",), "rgb": ("rgb",)}.get(mode, ("mask", "rgb", "depth"))
     for k, c in (("mask", 1), ("rgb", 3), ("depth", 1)):
         assert (out[k] is not None) == (k in images)
