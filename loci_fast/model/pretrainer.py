@@ -125,6 +125,40 @@ class LociPretrainer(nn.Module):
         for p in self.encoder.priority_encoder.parameters():
             p.requires_grad_(False)
 
+    # ------------------------------------------------------------------ hand-over between stages
+
+    def load_modality(self, modality: str, state_dict: dict[str, torch.Tensor]) -> None:
+        """Take the ``modality`` autoencoder (mask, depth or rgb) from the state dict of an earlier
+        stage's ``LociPretrainer``, and install its decoder as ``decoder.to_<modality>`` (upstream's
+        ``--load-mask/--load-depth/--load-rgb``). Strict: every key of that autoencoder must be there."""
+        if modality not in ("mask", "depth", "rgb"):
+            raise ValueError(f"modality: expected 'mask', 'depth' or 'rgb', received {modality!r}")
+        prefix = f"{modality}_pretrainer."
+        part = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        if not part:
+            raise ValueError(f"state_dict: no '{prefix}*' keys; pass the state dict of a LociPretrainer trained in "
+                             f"mode {modality!r}")
+        autoencoder = getattr(self, f"{modality}_pretrainer")
+        autoencoder.load_state_dict(part, strict=True)
+        getattr(self.decoder, f"to_{modality}").load_state_dict(autoencoder.decoder.state_dict(), strict=True)
+
+    def copy_embeddings(self) -> None:
+        """Copy the stand-alone patch codecs of mode ``embedding`` into the three autoencoders
+        (upstream's ``--load-embeddings``): each embedding into the encoders and decoders using it."""
+        pairs = [
+            (self.mask_patch_embedding, self.mask_pretrainer.encoder.embedding),
+            (self.mask_patch_reconstruction, self.mask_pretrainer.decoder.mask_reconstruction),
+            (self.mask_patch_embedding, self.depth_pretrainer.decoder.mask_encoder),
+            (self.depth_patch_embedding, self.depth_pretrainer.encoder.embedding),
+            (self.depth_patch_reconstruction, self.depth_pretrainer.decoder.depth_upscale),
+            (self.mask_patch_embedding, self.rgb_pretrainer.decoder.mask_encoder),
+            (self.depth_patch_embedding, self.rgb_pretrainer.decoder.depth_encoder),
+            (self.rgb_patch_embedding, self.rgb_pretrainer.encoder.embedding),
+            (self.rgb_patch_reconstruction, self.rgb_pretrainer.decoder.rgb_upscale),
+        ]
+        for source, target in pairs:
+            target.load_state_dict(source.state_dict(), strict=True)
+
     # ------------------------------------------------------------------ helpers
 
     def _check(self, rgb: torch.Tensor, depth: torch.Tensor, mask: torch.Tensor) -> None:

@@ -210,3 +210,29 @@ def test_stage2_default_config_on_gpu_backends_agree():
         print(f"{backend}: {time.perf_counter() - start:.3f} s per stage-2 step at B=8")
         losses[backend] = out["loss"].item()
     assert losses["triton"] == pytest.approx(losses["reference"], rel=1e-3)
+
+
+def test_stage_hand_over_helpers(model, gen):
+    earlier = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in earlier.parameters():
+            p.add_(1.0)
+    m = copy.deepcopy(model)
+    m.load_modality("depth", earlier.state_dict())
+    for k, v in earlier.depth_pretrainer.state_dict().items():
+        assert torch.equal(m.depth_pretrainer.state_dict()[k], v)
+    for k, v in earlier.depth_pretrainer.decoder.state_dict().items():
+        assert torch.equal(m.decoder.to_depth.state_dict()[k], v)
+    assert torch.equal(m.decoder.to_rgb.layers[0].weight, model.decoder.to_rgb.layers[0].weight)  # untouched
+    with pytest.raises(ValueError, match="no 'rgb_pretrainer"):
+        m.load_modality("rgb", {k: v for k, v in earlier.state_dict().items() if not k.startswith("rgb_")})
+
+    m = copy.deepcopy(earlier)
+    m.copy_embeddings()
+    rgb, depth, mask = batch(gen, b=1)
+    binary = (mask > 0.5).float()
+    with torch.no_grad():  # the autoencoders now embed with the stand-alone codecs
+        torch.testing.assert_close(m.depth_pretrainer.decoder.mask_encoder(binary), m.mask_patch_embedding(binary))
+        torch.testing.assert_close(m.rgb_pretrainer.encoder.embedding(rgb), m.rgb_patch_embedding(rgb))
+        code = torch.rand(1, 16, 4, 4)
+        torch.testing.assert_close(m.rgb_pretrainer.decoder.rgb_upscale(code), m.rgb_patch_reconstruction(code))
