@@ -30,8 +30,9 @@ def _as_conv1x1(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(*t.shape, 1, 1) if t.dim() == 2 else t
 
 
-def _as_scalar(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(()) if t.numel() == 1 else t
+def _as_count(t: torch.Tensor) -> torch.Tensor:
+    # upstream's call counters are float tensors of shape () or (1,); ours are int64 scalars
+    return t.reshape(()).round().to(torch.int64) if t.numel() == 1 else t
 
 
 _WB12 = r"(?:weight|bias)[12]"  # parameters of the patch-codec MLPs
@@ -59,9 +60,9 @@ _RULES: list[tuple[re.Pattern, str, Callable[[torch.Tensor], torch.Tensor]]] = [
     (rf"^((?:mask|depth)_patch_reconstruction\.{_WB12}|rgb_patch_reconstruction\.0\.{_WB12})$", r"\1", _same),
     # learnt initial std and depth; schedule counters
     (r"^(std|depth)$", r"\1", _same),
-    (r"^(gestalt_loss|init_weight0|init_weight1)\.num_updates$", r"\1.num_updates", _as_scalar),
-    (r"^decying_mse\.num_updates$", "decaying_mse.num_updates", _as_scalar),
-    (r"^init_counter$", "init_counter.num_updates", _as_scalar),
+    (r"^(gestalt_loss|init_weight0|init_weight1)\.num_updates$", r"\1.num_updates", _as_count),
+    (r"^decying_mse\.num_updates$", "decaying_mse.num_updates", _as_count),
+    (r"^init_counter$", "init_counter.num_updates", _as_count),
 ]]
 
 

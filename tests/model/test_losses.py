@@ -132,3 +132,7 @@ def test_counter_host_copy_follows_checkpoints_and_inplace_writes():
     assert d.count == 7.0
     d.num_updates = torch.tensor(math.pi)  # replaced (e.g. moved to another device)
     assert d.count == pytest.approx(math.pi)
+    e = DecayingFactor(warmup_period=1000)
+    e.num_updates.fill_(12345)
+    e.to(torch.bfloat16)  # mixed-precision casts must not round the count (bf16 holds 8 bits)
+    assert e.num_updates.dtype == torch.int64 and e.advance() == 12345

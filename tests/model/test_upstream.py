@@ -33,9 +33,11 @@ def to_upstream_layout(ours: dict) -> dict:
             new = key.replace("layers.0.", "layers.0.linear.")
             value = value.flatten(1) if value.dim() == 4 else value
         elif key == "decaying_mse.num_updates":
-            new = "decying_mse.num_updates"
+            new, value = "decying_mse.num_updates", value.float()  # upstream counts in float buffers
         elif key == "init_counter.num_updates":
-            new, value = "init_counter", value.reshape(1)
+            new, value = "init_counter", value.float().reshape(1)
+        elif key.endswith(".num_updates"):
+            value = value.float()
         up[new] = value.clone()
     for prefix in ("decoder.to_depth", "decoder.to_rgb", "depth_pretrainer.decoder", "rgb_pretrainer.decoder"):
         up[f"{prefix}.position_embedding.legacy"] = torch.tensor(0)
@@ -54,8 +56,7 @@ def model():
     m = LociPretrainer(TINY)
     with torch.no_grad():  # distinct values everywhere, counters included
         for t in m.state_dict().values():
-            if t.is_floating_point():
-                t.copy_(torch.randn_like(t) if t.dim() else torch.tensor(float(torch.randint(0, 99, ()))))
+            t.copy_(torch.randn_like(t) if t.is_floating_point() else torch.randint_like(t, 0, 9999))
     return m
 
 

@@ -20,11 +20,15 @@ def decay_factor(count: float, period: float, lo: float, hi: float = 1.0) -> flo
 
 
 class CallCounter(nn.Module):
-    """A persistent call counter ``num_updates`` (float32 scalar buffer) with a host-side mirror."""
+    """A persistent call counter ``num_updates`` (int64 scalar buffer) with a host-side mirror.
 
-    def __init__(self, start: float = 0.0) -> None:
+    Upstream stores a float; an integer buffer survives ``model.to(torch.bfloat16)`` (which casts
+    floating buffers and would round counts above 256) and loads from upstream's float values.
+    """
+
+    def __init__(self, start: int = 0) -> None:
         super().__init__()
-        self.register_buffer("num_updates", torch.tensor(float(start)))
+        self.register_buffer("num_updates", torch.tensor(int(start), dtype=torch.int64))
         self._host: float | None = None
         self._seen: tuple[int, int] | None = None
 
@@ -43,7 +47,7 @@ class CallCounter(nn.Module):
         """Return the current count, then add one to it (host copy and buffer)."""
         n = self.count
         with torch.no_grad():
-            self.num_updates.add_(1.0)
+            self.num_updates.add_(1)
         self._host = n + 1.0
         self._seen = self._stamp()
         return n
