@@ -2,9 +2,14 @@
 
 Backend choice: see ``loci_fast.kernels.dispatch`` (``LOCI_FAST_KERNELS`` or ``use_backend``).
 """
-from .dispatch import get_backend, use_backend
-from .hyperconv import hyper_depthwise_conv2d, hyper_depthwise_conv2d_reference
 from .composite import composite_slots, composite_slots_reference
+from .dispatch import get_backend, use_backend
 from .gaussian import gaussian_maps, gaussian_maps_reference, slot_gaussian_merge, slot_gaussian_merge_reference
+from .hyperconv import hyper_depthwise_conv2d, hyper_depthwise_conv2d_reference
 
-__all__ = ["get_backend", "use_backend", "hyper_depthwise_conv2d", "hyper_depthwise_conv2d_reference", "composite_slots", "composite_slots_reference", "gaussian_maps", "gaussian_maps_reference", "slot_gaussian_merge", "slot_gaussian_merge_reference"]
+__all__ = [
+    "get_backend", "use_backend",
+    "gaussian_maps", "gaussian_maps_reference", "slot_gaussian_merge", "slot_gaussian_merge_reference",
+    "composite_slots", "composite_slots_reference",
+    "hyper_depthwise_conv2d", "hyper_depthwise_conv2d_reference",
+]
