@@ -222,7 +222,12 @@ def train(options: TrainOptions) -> RunResult:
     engine.train()
     try:
         while options.max_steps is None or step < options.max_steps:
-            batch = _to_device(next(batches), engine.device, dtype)
+            # torch's DataLoader draws a seed from the global RNG whenever an epoch starts; a
+            # resumed run starts its epoch at another moment, so keep data loading off the RNG
+            # stream the model's noise uses (else resume is not bitwise).
+            with torch.random.fork_rng(devices=[]):
+                batch = next(batches)
+            batch = _to_device(batch, engine.device, dtype)
             out = stage.forward(engine, batch)
             local = [out.loss.detach().double().cpu().reshape(())]
             local += [out.metrics[k].detach().double().cpu().reshape(()) if k in out.metrics

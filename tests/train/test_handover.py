@@ -70,7 +70,7 @@ def test_refusals(tmp_path, cfg, gen):
     mask_b, _ = _source(tmp_path, cfg, "mask", gen, "b")
     with pytest.raises(TrainError, match="also set by"):
         init_from(model, get_stage("stage1"), [str(mask_a), str(mask_b)])
-    bigger, _ = _source(tmp_path, cfg, "mask", gen, "big", {"model.gestalt_size": 64, "model.predictor.channels": 256})
+    bigger, _ = _source(tmp_path, cfg, "mask", gen, "big", {"model.gestalt_size": 128, "model.predictor.channels": 512})
     with pytest.raises(TrainError, match="has shape"):
         init_from(model, get_stage("stage1"), [str(bigger)])
     with pytest.raises(TrainError, match="does not exist"):

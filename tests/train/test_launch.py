@@ -1,4 +1,8 @@
-"""Real multi-rank runs on the CPU: deepspeed launcher, torchrun, SIGKILL + resume, SIGTERM."""
+"""Real multi-rank runs on the CPU: deepspeed launcher, torchrun, SIGKILL + resume, SIGTERM.
+
+The launcher and resume tests train the real mask stage (LociPretrainer, tiny config) on shards
+written by `loci-fast data synth`, so the data-stream position is part of what resume restores.
+"""
 import json
 import random
 import signal
@@ -7,7 +11,7 @@ import pytest
 
 from loci_fast.train import checkpoint as ckpt
 
-from .helpers import kill_group, launcher, losses, run, start, toy_setup, train_args, wait_for_step
+from .helpers import REPO, kill_group, launcher, losses, run, start, toy_setup, train_args, wait_for_step
 
 pytestmark = pytest.mark.slow
 STEPS = ["--max-steps", "12", "--save-every", "3"]
@@ -21,10 +25,28 @@ def toy(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(toy):
-    tmp, cfg, shards = toy
+def synth(tmp_path_factory):
+    """Real shards from `loci-fast data synth` and the tiny mask-decoder config."""
+    tmp = tmp_path_factory.mktemp("synth")
+    proc = run(launcher("python") + ["data", "synth", "--out", str(tmp / "data"), "--videos", "4",
+                                     "--frames", "4", "--size", "64", "--objects", "2", "3",
+                                     "--shard-videos", "1", "--workers", "1", "--no-progress"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return tmp, REPO / "configs" / "tiny" / "pretrain-mask-decoder.json", str(tmp / "data" / "train-*.tar")
+
+
+def mask_args(cfg, shards, out, *extra):
+    """The real mask stage (stage from the config) on real shards."""
+    args = train_args(cfg, shards, out, *extra)
+    i = args.index("--stage")
+    return args[:i] + args[i + 2:]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(synth):
+    tmp, cfg, shards = synth
     out = tmp / "uninterrupted"
-    proc = run(launcher("deepspeed") + train_args(cfg, shards, out, *STEPS))
+    proc = run(launcher("deepspeed") + mask_args(cfg, shards, out, *STEPS))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out
 
@@ -36,16 +58,17 @@ def test_deepspeed_launcher_two_ranks(uninterrupted):
     assert (uninterrupted / "checkpoints" / "latest").read_text() == "step_00000012"
     assert (tag_dir / ckpt.COMPLETE).exists()
     assert ckpt.rank_file(tag_dir, 0).exists() and ckpt.rank_file(tag_dir, 1).exists()
-    assert ckpt.client_state(uninterrupted)["world_size"] == 2
+    state = ckpt.client_state(uninterrupted)
+    assert state["world_size"] == 2 and state["stage"] == "mask"
     assert list((uninterrupted / "tensorboard").glob("events.out.tfevents.*"))
     assert ckpt.complete_tags(uninterrupted / "checkpoints") == ["step_00000009", "step_00000012"]
 
 
-def test_sigkill_then_resume_reproduces_the_loss_sequence(toy, uninterrupted, seed):
-    tmp, cfg, shards = toy
+def test_sigkill_then_resume_reproduces_the_loss_sequence(synth, uninterrupted, seed):
+    tmp, cfg, shards = synth
     out = tmp / "killed"
     kill_at = random.Random(seed).randint(4, 10)
-    proc = start(launcher("deepspeed") + train_args(cfg, shards, out, *STEPS))
+    proc = start(launcher("deepspeed") + mask_args(cfg, shards, out, *STEPS))
     try:
         wait_for_step(proc, out / "metrics.jsonl", kill_at)
     finally:
@@ -53,7 +76,7 @@ def test_sigkill_then_resume_reproduces_the_loss_sequence(toy, uninterrupted, se
         proc.wait()
     tag = ckpt.latest_tag(out / "checkpoints")
     assert tag is not None and int(tag[5:]) < 12
-    resumed = run(launcher("deepspeed") + train_args(cfg, shards, out, *STEPS, "--resume", "auto"))
+    resumed = run(launcher("deepspeed") + mask_args(cfg, shards, out, *STEPS, "--resume", "auto"))
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert f"resumed from {out / 'checkpoints' / tag}" in resumed.stderr
     assert losses(out) == losses(uninterrupted)  # bitwise: same floats, same steps
@@ -83,3 +106,5 @@ def test_torchrun_zero2_accumulation_sigterm_writes_a_checkpoint(toy):
     assert state["step"] == last and state["world_size"] == 2
     # ZeRO 2 writes one optimiser partition per rank.
     assert len(list((out / "checkpoints" / ckpt.tag_for(last)).glob("*optim_states.pt"))) == 2
+    exported = run(launcher("python") + ["export", str(out), "--out", str(tmp / "z2.safetensors")])
+    assert exported.returncode == 0 and "wrote 4 tensors" in exported.stdout, exported.stderr
