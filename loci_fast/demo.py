@@ -37,14 +37,15 @@ class DemoStage:
     seconds: float = 0.0
     step_seconds: float | None = None
     eval: dict = field(default_factory=dict)
+    rows: list = field(default_factory=list)
 
 
 STAGES = (
-    DemoStage("mask", "pretrain-mask-decoder.json", 600),
+    DemoStage("mask", "pretrain-mask-decoder.json", 800),
     DemoStage("depth", "pretrain-depth-decoder.json", 400),
     DemoStage("rgb", "pretrain-rgb-decoder.json", 400),
-    DemoStage("stage1", "pretrain-encoder-decoder-stage1.json", 300, ("mask", "depth", "rgb")),
-    DemoStage("stage2", "pretrain-encoder-decoder-stage2.json", 150, ("stage1",)),
+    DemoStage("stage1", "pretrain-encoder-decoder-stage1.json", 500, ("mask", "depth", "rgb")),
+    DemoStage("stage2", "pretrain-encoder-decoder-stage2.json", 250, ("stage1",)),
 )
 DATA = dict(train_videos=24, val_videos=4, frames=8, size=128, objects=(2, 4), shard_videos=6)
 
@@ -159,6 +160,7 @@ def evaluate(stage: DemoStage, out: Path, val: str, batches: int = 2) -> None:
                 if value is not None:
                     sums[key] = sums.get(key, 0.0) + float(value)
             if n == 0:
+                stage.rows = list(result.images)
                 grid = image_grid(result.images, max_items=8)
                 Image.fromarray(grid).save(out / "report" / f"reconstruction-{stage.name}.png")
             n += 1
@@ -223,10 +225,14 @@ def write_report(stages: list[DemoStage], out: Path, device: str, total: float) 
     lines += ["", "The training loss is the sum of the stage's loss terms (LociPretrainer `loss`); "
               "mask, depth and rgb decoders train their own autoencoder, stages 1 and 2 the "
               "encoder and decoder (mask term weighted x100). Mean IoU: predicted mask > 0.5 "
-              "against the instance mask.", ""]
+              "against the instance mask. Stage 2 decodes at the positions its own encoder "
+              "predicts (stage 1 decodes at the true ones), so its masks only land on the objects "
+              "once stage 1 has learnt positions well: upstream trains each stage for tens of "
+              "thousands of steps, the demo for a few hundred.", ""]
     for s in stages:
         lines += [f"## {s.name}", "", f"![loss {s.name}](report/loss-{s.name}.png)", "",
-                  f"Reconstructions of held-out crops (rows: inputs, then outputs):", "",
+                  f"Held-out crops; rows: {', '.join(s.rows) or 'inputs, then outputs'} "
+                  "(targets and outputs inside the object mask; depth normalised per object):", "",
                   f"![reconstruction {s.name}](report/reconstruction-{s.name}.png)", ""]
     lines += ["Runs, checkpoints, metrics.jsonl, TensorBoard logs and training-time image grids: "
               "`" + str(out) + "/<stage>/`. Log of every command: `demo.log`.", ""]

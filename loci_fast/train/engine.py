@@ -175,20 +175,23 @@ def train(options: TrainOptions) -> RunResult:
     stream = stage.batches(cfg, plan.shards, rank=rank, world_size=world_size, seed=plan.seed,
                            num_workers=num_workers)
 
-    step = 0
+    step = skipped_total = 0
     if plan.resume_from is not None:
         ckpt_dir, tag = plan.resume_from
         load_path, client = engine.load_checkpoint(str(ckpt_dir), tag=tag)
         if load_path is None:
             raise TrainError(f"DeepSpeed could not load checkpoint {ckpt_dir / tag}")
-        rank_path = ckpt.rank_file(ckpt_dir / tag, rank)
-        if not rank_path.exists():
+        if int(client["world_size"]) != world_size:
+            # Every rank's data position and RNG state belong to that rank's share of the data.
             raise TrainError(f"checkpoint {ckpt_dir / tag} was written by {client['world_size']} "
-                             f"ranks; resume it with the same number of ranks")
-        rank_state = torch.load(rank_path, map_location="cpu", weights_only=False)
+                             f"ranks, this run has {world_size}; resume with the same number of "
+                             f"ranks, or start a new run with --init-from {ckpt_dir / tag}")
+        rank_state = torch.load(ckpt.rank_file(ckpt_dir / tag, rank), map_location="cpu",
+                                weights_only=False)
         stream.load_state_dict(rank_state["data"])
         ckpt.set_rng_state(rank_state["rng"])
         step = int(client["step"])
+        skipped_total = int(client.get("skipped_nonfinite", 0))
     else:
         seed_everything(plan.seed + 1000003 * rank)  # per-rank noise from here on
 
@@ -215,7 +218,7 @@ def train(options: TrainOptions) -> RunResult:
     keys = tuple(stage.metric_keys)
     sums = torch.zeros(1 + len(keys), dtype=torch.float64)
     micro = 0
-    consecutive_bad = skipped_total = 0
+    consecutive_bad = 0
     stopped_by, last_saved = "max_steps", None
     first_step_done = None
     batches = endless(stream)

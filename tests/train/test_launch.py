@@ -5,6 +5,7 @@ written by `loci-fast data synth`, so the data-stream position is part of what r
 """
 import json
 import random
+import shutil
 import signal
 
 import pytest
@@ -108,3 +109,14 @@ def test_torchrun_zero2_accumulation_sigterm_writes_a_checkpoint(toy):
     assert len(list((out / "checkpoints" / ckpt.tag_for(last)).glob("*optim_states.pt"))) == 2
     exported = run(launcher("python") + ["export", str(out), "--out", str(tmp / "z2.safetensors")])
     assert exported.returncode == 0 and "wrote 4 tensors" in exported.stdout, exported.stderr
+
+
+def test_resume_with_another_number_of_ranks_is_refused(synth, uninterrupted, tmp_path):
+    _, cfg, shards = synth
+    out = tmp_path / "copy"
+    shutil.copytree(uninterrupted, out)
+    proc = run(launcher("python") + mask_args(cfg, shards, out, "--max-steps", "14", "--resume",
+                                              "auto"))
+    assert proc.returncode == 2
+    assert "written by 2 ranks, this run has 1" in proc.stderr, proc.stderr[-2000:]
+    assert losses(out) == losses(uninterrupted)  # nothing rewritten
