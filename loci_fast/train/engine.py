@@ -10,7 +10,6 @@ of them got SIGTERM/SIGINT: DeepSpeed deadlocks when ranks disagree.
 """
 from __future__ import annotations
 
-import math
 import os
 import random
 import signal
@@ -27,7 +26,7 @@ from . import checkpoint as ckpt
 from .dsconfig import engine_dtype_name, read_ds_config, resolve_ds_config
 from .errors import TrainError
 from .logs import RunLogger
-from .preflight import Plan, TrainOptions, plan as make_plan
+from .preflight import TrainOptions, plan as make_plan
 
 
 @dataclass
