@@ -17,9 +17,11 @@ $(STAMP): requirements.txt setup.py
 	$(BIN)/python -m pip install --quiet --no-deps -e ".[dev]"
 	touch $(STAMP)
 
-# The main job. Until the trainer lands it runs the benchmark suite in quick mode.
+# The main job: synthetic PyBullet data, the five object stages through the deepspeed launcher
+# (2 ranks: GPUs when present, else CPU), then out/demo/REPORT.md. A killed demo resumes;
+# `make demo DEMO_ARGS=--fresh` starts over.
 demo: $(STAMP)
-	$(BIN)/loci-fast bench --quick
+	$(BIN)/python -m loci_fast.demo --out out/demo $(DEMO_ARGS)
 
 # CI's command: every test that needs no GPU, Triton interpreted on the CPU.
 test: $(STAMP)
