@@ -13,6 +13,7 @@ from torch import nn
 from loci_fast import kernels as K
 
 from .convnext import LinearSkip
+from .precision import upcast
 
 
 def _std_column(position: torch.Tensor, name: str = "position") -> torch.Tensor:
@@ -38,6 +39,9 @@ class PositionEmbedding(nn.Module):
     ``forward(position, size)`` takes the grid size per call (upstream's ``update_grid(size)`` then
     ``forward(position)`` folded into one call). f = 0.1 / clip(std, 1/min(h, w), max_std),
     f_y = f, f_x = f·W/H; a = (grid - centre)·f·π/2; channels cos(a_x·2^i), cos(a_y·2^i) interleaved.
+    The code takes the position's dtype; for fp16/bf16 positions the angles are computed in fp32
+    (angles reach ~100 rad at 2^7 times the base frequency, where bf16 rounds them by tenths of a
+    radian).
     """
 
     def __init__(self, num_frequencies: int = 8, max_std: float = 0.5, position_limit: float = 1.0):
@@ -46,6 +50,7 @@ class PositionEmbedding(nn.Module):
 
     def forward(self, position: torch.Tensor, size) -> torch.Tensor:
         h, w = (int(s) for s in size)
+        dtype, position = position.dtype, upcast(position)
         std = _std_column(position).view(-1, 1, 1, 1)
         x = position[:, 0].view(-1, 1, 1, 1).clamp(-self.position_limit, self.position_limit)
         y = position[:, 1].view(-1, 1, 1, 1).clamp(-self.position_limit, self.position_limit)
@@ -57,7 +62,7 @@ class PositionEmbedding(nn.Module):
         codes = []
         for i in range(self.num_frequencies):
             codes += [torch.cos(ax * 2 ** i).expand(-1, 1, h, w), torch.cos(ay * 2 ** i).expand(-1, 1, h, w)]
-        return torch.cat(codes, dim=1)
+        return torch.cat(codes, dim=1).to(dtype)
 
     def extra_repr(self) -> str:
         return f"num_frequencies={self.num_frequencies}"

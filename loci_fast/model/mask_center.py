@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .precision import upcast
+
 
 def _check_mask(mask: torch.Tensor, size: tuple[int, int]) -> None:
     if not isinstance(mask, torch.Tensor) or mask.dim() != 4 or tuple(mask.shape[2:]) != size:
@@ -30,6 +32,7 @@ class MaskCenter(nn.Module):
 
     ``combine=True`` returns (N, 3C) = (x̄, ȳ, std) concatenated on the last dim; otherwise
     ((N, 2C) centroid, (N, C) std). With C = 1 (every use) these are (N, 3) or ((N, 2), (N, 1)).
+    Outputs take the mask's dtype; for fp16/bf16 masks the sums run in fp32.
     """
 
     def __init__(self, size, normalize: bool = True, combine: bool = False):
@@ -42,13 +45,14 @@ class MaskCenter(nn.Module):
 
     def forward(self, mask: torch.Tensor):
         _check_mask(mask, self.size)
-        total = mask.sum((2, 3))
-        cx = (self.x_coords * mask).sum((2, 3)) / (total + 1e-8)
-        cy = (self.y_coords * mask).sum((2, 3)) / (total + 1e-8)
-        std = (total / (mask.shape[2] * mask.shape[3])) ** 0.5
+        m = upcast(mask)  # whole-image sums: fp32 for half-precision masks (1e-8 is 0 in fp16)
+        total = m.sum((2, 3))
+        cx = (self.x_coords.to(m) * m).sum((2, 3)) / (total + 1e-8)
+        cy = (self.y_coords.to(m) * m).sum((2, 3)) / (total + 1e-8)
+        std = (total / (m.shape[2] * m.shape[3])) ** 0.5
         if self.combine:
-            return torch.cat((cx, cy, std), dim=-1)
-        return torch.cat((cx, cy), dim=-1), std
+            return torch.cat((cx, cy, std), dim=-1).to(mask.dtype)
+        return torch.cat((cx, cy), dim=-1).to(mask.dtype), std.to(mask.dtype)
 
 
 class PositionInMask(nn.Module):
@@ -58,6 +62,10 @@ class PositionInMask(nn.Module):
     mask (ε ~ N(0, 1); pass ``generator`` for reproducible draws). Returns (random position, or the
     centroid where the eroded mask is (nearly) empty; centroid; std), shapes (N, 2), (N, 2), (N, 1)
     for a mask (N, 1, H, W). The centroid here uses +1e-6 in the denominator, as upstream.
+
+    Outputs take the mask's dtype. For fp16/bf16 masks everything runs in fp32 (the ×1000 softmax
+    is an argmax that bf16 rounding would turn into ties), so the draws and picks equal those of
+    the fp32 model under the same seed.
     """
 
     def __init__(self, size):
@@ -70,7 +78,9 @@ class PositionInMask(nn.Module):
     @torch.no_grad()
     def forward(self, mask: torch.Tensor, generator: torch.Generator | None = None):
         _check_mask(mask, self.size)
+        dtype, mask = mask.dtype, upcast(mask)
         n, c, h, w = mask.shape
+        x_coords, y_coords = self.x_coords.to(mask), self.y_coords.to(mask)
         binary = (mask > 0.75).to(mask.dtype)
         eroded = 1 - F.max_pool2d(1 - binary, kernel_size=5, stride=1, padding=2)
         use_center = (eroded.sum((2, 3)) < 0.1).to(mask.dtype)
@@ -80,8 +90,8 @@ class PositionInMask(nn.Module):
         pick = torch.softmax((eps * eroded * 1000).view(n, c, -1), dim=-1).view(n, c, h, w) * eroded
 
         total = mask.sum((2, 3))
-        center = torch.cat(((self.x_coords * mask).sum((2, 3)) / (total + 1e-6),
-                            (self.y_coords * mask).sum((2, 3)) / (total + 1e-6)), dim=-1)
+        center = torch.cat(((x_coords * mask).sum((2, 3)) / (total + 1e-6),
+                            (y_coords * mask).sum((2, 3)) / (total + 1e-6)), dim=-1)
         std = (total / (h * w)) ** 0.5
-        rand = torch.cat(((self.x_coords * pick).sum((2, 3)), (self.y_coords * pick).sum((2, 3))), dim=-1)
-        return use_center * center + (1 - use_center) * rand, center, std
+        rand = torch.cat(((x_coords * pick).sum((2, 3)), (y_coords * pick).sum((2, 3))), dim=-1)
+        return (use_center * center + (1 - use_center) * rand).to(dtype), center.to(dtype), std.to(dtype)

@@ -12,6 +12,11 @@ mode does not use are 0). Modes:
 
 The step counters of the schedules (stage-2 time weights, decaying position loss) are persistent
 buffers and advance once per forward call in training *and* evaluation, as upstream's do.
+
+Precision: the module computes in the dtype of its inputs, which must match its parameters' (fp32,
+or bf16/fp16 storage as under a DeepSpeed bf16/fp16 engine, whose fp32 buffers are cast at use).
+Outputs and loss terms come out in that dtype; the target statistics, IoU and the image losses
+reduce in fp32 for half-precision inputs (``precision.upcast``).
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ from .losses import CallCounter, DecayingFactor, DecayingMSELoss, GestaltLoss, M
     MaskedYCbCrL2SSIMLoss
 from .mask_center import PositionInMask
 from .patch_codecs import UpscaleMLP
+from .precision import upcast
 from .pretrain_encoders import DepthPretrainer, MaskPretrainer, RGBPretrainer, patch_embedding
 
 MODES = ("mask", "depth", "rgb", "embedding", "all")
@@ -37,14 +43,20 @@ MASK_LOSS_WEIGHT = 100.0  # stages 1 and 2 scale the mask MSE by 100
 
 
 def _targets(rgb: torch.Tensor, depth: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Common target preparation (§15.2), all without gradient."""
+    """Common target preparation (§15.2), all without gradient, in the mask's dtype.
+
+    For fp16/bf16 inputs the whole-image statistics run in fp32 (a bf16 ``depth - mean`` keeps about
+    two digits, and 1e-8 is 0 in fp16), then every target is cast back.
+    """
+    dtype = mask.dtype
+    rgb, depth, mask = upcast(rgb), upcast(depth), upcast(mask)
     confidence = mask.detach()
     binary = (mask > 0.5).to(mask.dtype).detach()
     depth_weight = (depth >= 0).to(mask.dtype) * confidence
     area = binary.sum((1, 2, 3), keepdim=True)
     mean = (depth * binary).sum((1, 2, 3), keepdim=True) / (area + 1e-6)
     std = torch.sqrt(((depth - mean) ** 2 * binary).sum((1, 2, 3), keepdim=True) / (area + 1e-6))
-    return {
+    targets = {
         "confidence": confidence,
         "binary": binary,
         "depth_weight": depth_weight,
@@ -54,15 +66,22 @@ def _targets(rgb: torch.Tensor, depth: torch.Tensor, mask: torch.Tensor) -> dict
         "z_weight": depth_weight.amax((1, 2, 3)).unsqueeze(1),
         "masked_rgb": rgb * binary,
     }
+    return {k: v.to(dtype) for k, v in targets.items()}
+
+
+def _mse(prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """F.mse_loss in the dtype of ``prob``; the mean over every pixel runs in fp32 for fp16/bf16."""
+    return F.mse_loss(upcast(prob), upcast(target)).to(prob.dtype)
 
 
 @torch.no_grad()
 def mean_iou(prob: torch.Tensor, binary: torch.Tensor) -> torch.Tensor:
-    """Batch mean of IoU([prob > 0.5], binary)."""
+    """Batch mean of IoU([prob > 0.5], binary), in binary's dtype (counted in fp32 for fp16/bf16)."""
+    dtype, binary = binary.dtype, upcast(binary)
     pred = (prob > 0.5).to(binary.dtype)
     inter = (pred * binary).sum((1, 2, 3))
     union = torch.maximum(pred, binary).sum((1, 2, 3))
-    return torch.mean(inter / (union + 1e-6))
+    return torch.mean(inter / (union + 1e-6)).to(dtype)
 
 
 class LociPretrainer(nn.Module):
@@ -176,6 +195,10 @@ class LociPretrainer(nn.Module):
         if not rgb.device == depth.device == mask.device:
             raise ValueError(f"LociPretrainer: rgb, depth and mask must be on one device, received "
                              f"{rgb.device}, {depth.device} and {mask.device}")
+        if not rgb.dtype == depth.dtype == mask.dtype == self.std.dtype:
+            raise ValueError(f"LociPretrainer: rgb, depth and mask must have the parameters' dtype "
+                             f"{self.std.dtype} (the model computes in its input dtype), received {rgb.dtype}, "
+                             f"{depth.dtype} and {mask.dtype}; cast the batch to the model's dtype")
 
     def run_decoder(self, position: torch.Tensor, gestalt: torch.Tensor, gt_depth: torch.Tensor | None = None,
                     gt_mask: torch.Tensor | None = None):
@@ -183,12 +206,14 @@ class LociPretrainer(nn.Module):
         mask, rgb, _, _, depth_raw = self.decoder(position, gestalt, gt_depth=gt_depth, gt_mask=gt_mask)
         return competitor_sigmoid(mask), rgb, depth_raw
 
-    def _result(self, device, **values) -> dict[str, Any]:
-        zero = torch.zeros((), device=device)
+    def _result(self, like: torch.Tensor, **values) -> dict[str, Any]:
+        """The output dict; unused terms are zeros on the device and in the dtype of ``like`` (so that
+        a bf16 model's loss stays bf16 rather than promoting to fp32 through an fp32 zero)."""
+        zero = torch.zeros((), device=like.device, dtype=like.dtype)
         out: dict[str, Any] = {k: zero for k in ("mask_loss", "mean_iou", "rgb_loss", "depth_loss", "position_loss",
                                                  "z_loss", "gestalt_loss", "rgb_l1", "depth_l1", "rgb_ssim",
                                                  "depth_ssim")}
-        out.update(mask=None, rgb=None, depth=None, time_weight=torch.zeros(3, device=device))
+        out.update(mask=None, rgb=None, depth=None, time_weight=torch.zeros(3, device=like.device, dtype=like.dtype))
         out.update(values)
         out["loss"] = sum(out[k] for k in LOSS_TERMS)
         return out
@@ -208,7 +233,8 @@ class LociPretrainer(nn.Module):
         """Initial (position, gestalt) of stages 1 and 2, and the ground-truth centroid and std."""
         b = mask.shape[0]
         xy_init, gt_xy, gt_std = self.position_in_mask(mask)
-        position = torch.cat((xy_init, self.depth.expand(b, 1), self.std.expand(b, 1)), dim=1)
+        scalars = (self.depth.to(xy_init.dtype).expand(b, 1), self.std.to(xy_init.dtype).expand(b, 1))
+        position = torch.cat((xy_init, *scalars), dim=1)
         gestalt = torch.zeros((b, 3 * self.gestalt_size + 1), device=mask.device, dtype=mask.dtype)
         return position, gestalt, gt_xy, gt_std
 
@@ -218,19 +244,19 @@ class LociPretrainer(nn.Module):
         t = (mask > 0.5).to(mask.dtype)
         logits, gestalt, position = self.mask_pretrainer(t)
         prob = competitor_sigmoid(logits)
-        return self._result(mask.device, mask_loss=F.mse_loss(prob, t), mean_iou=mean_iou(prob, t), mask=prob,
+        return self._result(mask, mask_loss=_mse(prob, t), mean_iou=mean_iou(prob, t), mask=prob,
                             position=position, gestalt=gestalt)
 
     def _mode_depth(self, tg: dict[str, torch.Tensor]) -> dict[str, Any]:
         depth, gestalt, position = self.depth_pretrainer(tg["binary"], tg["gt_depth"])
         loss, l1, ssim = self.l1ssim(depth, tg["gt_depth"], tg["depth_weight"])
-        return self._result(depth.device, depth_loss=loss, depth_l1=l1.detach(), depth_ssim=ssim.detach(),
+        return self._result(depth, depth_loss=loss, depth_l1=l1.detach(), depth_ssim=ssim.detach(),
                             depth=depth, position=position, gestalt=gestalt)
 
     def _mode_rgb(self, tg: dict[str, torch.Tensor]) -> dict[str, Any]:
         rgb, gestalt, position = self.rgb_pretrainer(tg["binary"], tg["gt_depth"], tg["masked_rgb"])
         loss, l1, ssim = self.rgb_loss(rgb, tg["masked_rgb"], tg["confidence"])
-        return self._result(rgb.device, rgb_loss=loss, rgb_l1=l1.detach(), rgb_ssim=ssim.detach(), rgb=rgb,
+        return self._result(rgb, rgb_loss=loss, rgb_l1=l1.detach(), rgb_ssim=ssim.detach(), rgb=rgb,
                             position=position, gestalt=gestalt)
 
     def _mode_embedding(self, mask: torch.Tensor, tg: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -243,7 +269,7 @@ class LociPretrainer(nn.Module):
         rgb = self.rgb_patch_reconstruction(self.rgb_patch_embedding(tg["masked_rgb"]))
         d_loss, d_l1, d_ssim = self.l1ssim(depth, tg["gt_depth"], tg["depth_weight"])
         r_loss, r_l1, r_ssim = self.rgb_loss(rgb, tg["masked_rgb"], tg["confidence"])
-        return self._result(mask.device, mask_loss=F.mse_loss(prob, binary), mean_iou=mean_iou(prob, binary),
+        return self._result(mask, mask_loss=_mse(prob, binary), mean_iou=mean_iou(prob, binary),
                             rgb_loss=r_loss, depth_loss=d_loss, rgb_l1=r_l1.detach(), depth_l1=d_l1.detach(),
                             rgb_ssim=r_ssim.detach(), depth_ssim=d_ssim.detach(), mask=prob, rgb=rgb, depth=depth,
                             position=position, gestalt=gestalt)
@@ -263,7 +289,7 @@ class LociPretrainer(nn.Module):
         z_loss = (torch.mean((position[:, 2:3] - tg["gt_z"]) ** 2 * tg["z_weight"])
                   + torch.mean((gestalt[:, -1:] - tg["gt_z_scale"]) ** 2 * tg["z_weight"]))
         return self._result(
-            rgb.device, mask_loss=F.mse_loss(prob, tg["binary"]) * MASK_LOSS_WEIGHT,
+            rgb, mask_loss=_mse(prob, tg["binary"]) * MASK_LOSS_WEIGHT,
             mean_iou=mean_iou(prob, tg["binary"]), rgb_loss=r_loss, depth_loss=d_loss, position_loss=position_loss,
             z_loss=z_loss, rgb_l1=r_l1.detach(), depth_l1=d_l1.detach(), rgb_ssim=r_ssim.detach(),
             depth_ssim=d_ssim.detach(), mask=prob, rgb=out_rgb, depth=out_depth, position=position, gestalt=gestalt)
@@ -281,7 +307,7 @@ class LociPretrainer(nn.Module):
         raw = host.tolist()
         if rgb.device.type == "cuda":  # pinned + non_blocking: a plain copy would synchronise the stream
             host = host.pin_memory()
-        time_weight = host.to(rgb.device, non_blocking=True)
+        time_weight = host.to(rgb.device, dtype=rgb.dtype, non_blocking=True)
         warming_up = self.init_counter.count <= 0  # first steps run every pass (fail early on memory)
 
         position, gestalt, gt_xy, gt_std = self._initial_slot(mask)
@@ -299,7 +325,7 @@ class LociPretrainer(nn.Module):
             r_loss, r_l1, r_ssim = self.rgb_loss(out_rgb, rgb, tg["confidence"])
             d_loss, d_l1, d_ssim = self.l1ssim(out_depth, tg["gt_depth"], tg["depth_weight"])
             terms["mean_iou"] = terms["mean_iou"] + mean_iou(prob, binary) * w
-            terms["mask_loss"] = terms["mask_loss"] + F.mse_loss(prob, binary) * w
+            terms["mask_loss"] = terms["mask_loss"] + _mse(prob, binary) * w
             terms["rgb_loss"] = terms["rgb_loss"] + r_loss * w
             terms["depth_loss"] = terms["depth_loss"] + d_loss * w
             terms["position_loss"] = (terms["position_loss"] + self.decaying_mse(position[:, :2], gt_xy) * w
@@ -310,7 +336,7 @@ class LociPretrainer(nn.Module):
             raise RuntimeError("LociPretrainer stage 2: every refinement pass was skipped; "
                                f"iterations={iterations} with time weights {raw}")
         terms["mask_loss"] = terms["mask_loss"] * MASK_LOSS_WEIGHT
-        return self._result(rgb.device, **terms, rgb_l1=r_l1.detach(), depth_l1=d_l1.detach(),
+        return self._result(rgb, **terms, rgb_l1=r_l1.detach(), depth_l1=d_l1.detach(),
                             rgb_ssim=r_ssim.detach(), depth_ssim=d_ssim.detach(), mask=prob, rgb=out_rgb,
                             depth=out_depth, position=position, gestalt=gestalt, time_weight=time_weight)
 
