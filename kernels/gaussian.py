@@ -92,6 +92,11 @@ def _grid(n: int, like: torch.Tensor) -> torch.Tensor:
     return torch.arange(n, dtype=like.dtype, device=like.device) * (2.0 / (n - 1)) - 1.0
 
 
+def _upcast(t: torch.Tensor) -> torch.Tensor:
+    """fp16/bf16 -> fp32 (differentiable); wider dtypes unchanged."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def _maps(position: torch.Tensor, geo: _Geometry) -> torch.Tensor:
     lim = geo.position_limit
     x = position[:, 0].clamp(-lim, lim)[:, None, None]
@@ -120,11 +125,24 @@ def _merge(position, gestalt, priority, geo: _Geometry, num_slots: int, with_raw
     return occluded * code
 
 
+def _maps_fp32(position: torch.Tensor, geo: _Geometry) -> torch.Tensor:
+    return _maps(_upcast(position), geo).to(position.dtype)
+
+
+def _merge_fp32(position, gestalt, priority, geo: _Geometry, num_slots: int, with_raw: bool) -> torch.Tensor:
+    priority = None if priority is None else _upcast(priority)
+    return _merge(_upcast(position), _upcast(gestalt), priority, geo, num_slots, with_raw).to(position.dtype)
+
+
 def gaussian_maps_reference(position: torch.Tensor, size, *, position_limit: float = 1.0,
                             min_std: float | None = None, max_std: float = 0.5) -> torch.Tensor:
-    """Plain-PyTorch Gaussian maps (any float dtype, autograd); the oracle for :func:`gaussian_maps`."""
+    """Plain-PyTorch Gaussian maps (any float dtype, autograd); the oracle for :func:`gaussian_maps`.
+
+    fp16/bf16 inputs compute in fp32 like the kernel: in fp16 the std gradient overflows where the
+    Gaussian underflows (0 · inf = NaN).
+    """
     geo = _check_geometry(position, size, position_limit, min_std, max_std)
-    return _maps(position, geo)
+    return _maps_fp32(position, geo)
 
 
 def slot_gaussian_merge_reference(position: torch.Tensor, gestalt: torch.Tensor,
@@ -134,7 +152,7 @@ def slot_gaussian_merge_reference(position: torch.Tensor, gestalt: torch.Tensor,
     """Plain-PyTorch merge (any float dtype, autograd); the oracle for :func:`slot_gaussian_merge`."""
     geo = _check_geometry(position, size, position_limit, min_std, max_std)
     _check_merge(position, gestalt, priority, num_slots, with_raw)
-    return _merge(position, gestalt, priority, geo, num_slots, with_raw)
+    return _merge_fp32(position, gestalt, priority, geo, num_slots, with_raw)
 
 
 # ---------------------------------------------------------------- Triton kernels
@@ -528,7 +546,7 @@ def gaussian_maps(position: torch.Tensor, size, *, position_limit: float = 1.0,
     """
     geo = _check_geometry(position, size, position_limit, min_std, max_std)
     if position.shape[0] == 0 or not dispatch.use_triton(position):
-        return _maps(position, geo)
+        return _maps_fp32(position, geo)
     return _GaussianMergeFn.apply(position, None, None, geo, 1, False)
 
 
@@ -557,5 +575,5 @@ def slot_gaussian_merge(position: torch.Tensor, gestalt: torch.Tensor, priority:
     _check_merge(position, gestalt, priority, num_slots, with_raw)
     tensors = [t for t in (position, gestalt, priority) if t is not None]
     if position.shape[0] == 0 or gestalt.shape[1] == 0 or not dispatch.use_triton(*tensors):
-        return _merge(position, gestalt, priority, geo, num_slots, with_raw)
+        return _merge_fp32(position, gestalt, priority, geo, num_slots, with_raw)
     return _GaussianMergeFn.apply(position, gestalt, priority, geo, num_slots, with_raw)

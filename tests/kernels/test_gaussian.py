@@ -382,3 +382,17 @@ def test_gpu_merge_without_priority(gen, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
 def test_gpu_maps(gen, dtype):
     compare_maps(gen, make_inputs(gen, 512, 1, 1, 4)[0].to(CUDA), dtype, size=(256, 256))
+
+
+def test_reference_computes_half_inputs_in_fp32():
+    """fp16 storage, fp32 compute (as the kernels): the std gradient of a narrow Gaussian far from
+    most pixels overflows fp16 if computed there, and 0 · inf would make it NaN."""
+    pos64 = torch.tensor([[-0.9, 0.8, 0.0, 1 / 64], [0.3, -0.2, 0.0, 0.05]], dtype=torch.float64)
+    pos16 = pos64.to(torch.float16).requires_grad_(True)
+    out = gaussian_maps_reference(pos16, (64, 64))
+    assert out.dtype == torch.float16
+    (g16,) = torch.autograd.grad(out.float().sum(), pos16)
+    ref_in = pos16.detach().double().requires_grad_(True)
+    (g64,) = torch.autograd.grad(gaussian_maps_reference(ref_in, (64, 64)).sum(), ref_in)
+    assert torch.isfinite(g16).all()
+    assert_close(g16, g64, torch.float16, "fp16 position gradient")

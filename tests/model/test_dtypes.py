@@ -91,16 +91,7 @@ def test_bf16_forward_backward_every_mode(model, gen, mode, iterations, how):
     _check_half_run(model, gen, mode, iterations, torch.bfloat16, how)
 
 
-FP16_STAGE2_XFAIL = pytest.mark.xfail(
-    strict=False, reason="data-dependent: the reference backend of loci_fast.kernels.gaussian_maps computes "
-    "in the storage dtype (kernels/gaussian.py _maps), and in fp16 the gradient of its exponent wrt the std "
-    "(~d^2/std^3 at min_std = 1/64) can overflow where the Gaussian underflows, 0 * inf = NaN. Stage 2 is "
-    "the one mode that differentiates the encoder input's Gaussian wrt a position. The Triton kernels compute "
-    "in fp32; with them this case is finite (checked under TRITON_INTERPRET, 33 s).")
-
-
-@pytest.mark.parametrize("mode,iterations", [
-    pytest.param(*m, marks=FP16_STAGE2_XFAIL) if m == ("all", 3) else m for m in MODES])
+@pytest.mark.parametrize("mode,iterations", MODES)
 def test_fp16_forward_backward_every_mode(model, gen, mode, iterations):
     _check_half_run(model, gen, mode, iterations, torch.float16, "module")
 
