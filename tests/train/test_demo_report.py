@@ -15,6 +15,8 @@ def test_report_lists_every_stage_with_its_losses_and_plots(tmp_path):
                 fh.write(json.dumps({"step": step, "loss": (i + 1) / step, "time": step * 0.5}) + "\n")
         stage.seconds, stage.step_seconds = 12.0, demo.step_time(run)
         stage.eval = {"loss": 0.25, "mask_loss": 0.125, "mean_iou": 0.5}
+        if stage.name in ("stage1", "stage2"):
+            stage.eval["position_px"] = 3.5
     demo.plot_losses(stages, tmp_path)
     text = demo.write_report(stages, tmp_path, "2 CPU ranks (gloo)", 600.0).read_text()
     for i, stage in enumerate(stages):
@@ -24,6 +26,24 @@ def test_report_lists_every_stage_with_its_losses_and_plots(tmp_path):
         row = next(line for line in text.splitlines() if line.startswith(f"| {stage.name} |"))
         assert f"| 20 | 12 | 0.50 | {first:.4f} -> {last:.4f} | 0.2500 | 0.1250 |" in row
         iou = "0.500" if stage.name in ("mask", "stage1", "stage2") else "n/a"
-        assert row.endswith(f"| {iou} |")
+        pos = "3.5" if stage.name in ("stage1", "stage2") else "n/a"
+        assert row.endswith(f"| {pos} | {iou} |")
+        assert f"* {stage.name}: " in text
         assert f"report/reconstruction-{stage.name}.png" in text
     assert "10.0 min" in text
+
+
+def test_report_says_when_stage2_misses_the_objects(tmp_path):
+    stages = [demo.DemoStage(s.name, s.config, 20, s.init_from) for s in demo.STAGES]
+    (tmp_path / "report").mkdir()
+    for stage in stages:
+        (tmp_path / stage.name).mkdir()
+        (tmp_path / stage.name / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 1.0, "time": 0.0}) + "\n")
+        stage.eval = {"loss": 1.0, "mean_iou": 0.6, "position_px": 2.0}
+    stages[-1].eval = {"loss": 3.0, "mean_iou": 0.0, "position_px": 30.0}
+    text = demo.write_report(stages, tmp_path, "2 CPU ranks (gloo)", 60.0).read_text()
+    line = next(line for line in text.splitlines() if line.startswith("* stage2: "))
+    assert "30.0 px" in line and "0.00" in line and "do not land on the objects" in line
+    stages[-1].eval = {"loss": 1.0, "mean_iou": 0.5, "position_px": 3.0}
+    text = demo.write_report(stages, tmp_path, "2 CPU ranks (gloo)", 60.0).read_text()
+    assert "the masks land on the objects" in next(line for line in text.splitlines() if line.startswith("* stage2: "))
