@@ -16,6 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=128, help="frame height = width in pixels (default: %(default)s)")
     p.add_argument("--objects", type=int, nargs=2, default=(3, 10), metavar=("MIN", "MAX"),
                    help="objects per scene, inclusive range (default: 3 10)")
+    p.add_argument("--object-size", type=float, nargs=2, default=(0.4, 1.0), metavar=("MIN", "MAX"),
+                   help="largest extent of an object in metres, drawn uniformly (default: 0.4 1.0; "
+                        "the camera is 4.5-6 m away)")
     p.add_argument("--camera", choices=("static", "moving"), default="static",
                    help="static (MOVi-A..D-like) or moving (MOVi-E-like) camera")
     p.add_argument("--seed", type=int, default=0, help="base seed; video i uses (seed, i)")
@@ -49,7 +52,8 @@ def _synth(args: argparse.Namespace) -> int:
     from .synth.run import SynthConfig, run_synth
 
     cfg = SynthConfig(frames=args.frames, size=args.size, min_objects=args.objects[0],
-                      max_objects=args.objects[1], camera=args.camera, seed=args.seed, split=args.split,
+                      max_objects=args.objects[1], min_object_size=args.object_size[0],
+                      max_object_size=args.object_size[1], camera=args.camera, seed=args.seed, split=args.split,
                       rgb_codec=args.rgb_codec)
     paths = run_synth(args.out, args.videos, cfg, shard_videos=args.shard_videos, workers=args.workers,
                       progress=not args.no_progress)

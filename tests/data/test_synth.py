@@ -81,3 +81,17 @@ def test_cli_synth_and_inspect(tmp_path):
     (tmp_path / "train-000000.tar").write_bytes(data[: len(data) // 2])
     report = inspect_shards(str(tmp_path), check=True)
     assert not report.ok and "train-000000.tar" in report.text() and "truncated" in report.text()
+
+
+def test_object_size_scales_what_the_camera_sees():
+    small = SynthConfig(frames=2, size=48, min_objects=3, max_objects=3, seed=7)
+    big = SynthConfig(**{**small.__dict__, "min_object_size": 1.6, "max_object_size": 2.0})
+    area = [np.mean([(simulate_video(c, i)["segmentation"][0] > 0).mean() for i in range(3)]) for c in (small, big)]
+    assert area[1] > 2.5 * area[0] > 0
+
+
+def test_bad_object_size_names_the_option():
+    import pytest
+
+    with pytest.raises(ValueError, match="--object-size"):
+        SynthConfig(min_object_size=1.0, max_object_size=0.5).check()

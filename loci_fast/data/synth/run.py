@@ -26,6 +26,8 @@ class SynthConfig:
     size: int = 128
     min_objects: int = 3
     max_objects: int = 10
+    min_object_size: float = 0.4   # largest extent of an object in metres, drawn uniformly
+    max_object_size: float = 1.0
     camera: str = "static"     # "static" (MOVi-A..D-like) or "moving" (MOVi-E-like)
     seed: int = 0
     split: str = "train"
@@ -36,6 +38,9 @@ class SynthConfig:
             raise ValueError(f"--frames must be >= 1 and --size >= 8 (got {self.frames}, {self.size})")
         if not 1 <= self.min_objects <= self.max_objects:
             raise ValueError(f"--objects MIN MAX needs 1 <= MIN <= MAX (got {self.min_objects} {self.max_objects})")
+        if not 0.05 <= self.min_object_size <= self.max_object_size <= 3.0:
+            raise ValueError("--object-size MIN MAX needs 0.05 <= MIN <= MAX <= 3.0 metres "
+                             f"(got {self.min_object_size} {self.max_object_size})")
         if self.camera not in ("static", "moving"):
             raise ValueError(f"--camera must be static or moving, not {self.camera!r}")
         if "." in self.split or "/" in self.split:
@@ -76,7 +81,7 @@ def simulate_video(cfg: SynthConfig, index: int) -> dict[str, Any]:
     p = _connect()
     rng = np.random.default_rng([cfg.seed, index])
     n_obj = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
-    scene = build_scene(p, rng, n_obj)
+    scene = build_scene(p, rng, n_obj, (cfg.min_object_size, cfg.max_object_size))
     camera = random_camera(rng, moving=cfg.camera == "moving")
     p.setTimeStep(1.0 / PHYSICS_HZ)
     t_frames = cfg.frames

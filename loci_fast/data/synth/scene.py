@@ -70,8 +70,12 @@ def _shape(p, rng: np.random.Generator, size: float) -> tuple[int, int]:
             p.createVisualShape(p.GEOM_MESH, fileName=mesh, meshScale=scale, visualFramePosition=shift))
 
 
-def build_scene(p, rng: np.random.Generator, num_objects: int) -> Scene:
-    """Reset the simulation behind client module ``p`` and populate it; returns the body ids."""
+def build_scene(p, rng: np.random.Generator, num_objects: int,
+                object_size: tuple[float, float] = (0.4, 1.0)) -> Scene:
+    """Reset the simulation behind client module ``p`` and populate it; returns the body ids.
+
+    ``object_size`` is the (min, max) largest extent of an object in metres.
+    """
     p.resetSimulation()
     p.setPhysicsEngineParameter(deterministicOverlappingPairs=1)
     p.setGravity(0, 0, -9.81)
@@ -83,7 +87,7 @@ def build_scene(p, rng: np.random.Generator, num_objects: int) -> Scene:
     scene = Scene(floor=floor, light_direction=tuple(rng.uniform([-1, -1, 1], [1, 1, 3]).tolist()))
     placed: list[tuple[np.ndarray, float]] = []
     for _ in range(num_objects):
-        size = float(rng.uniform(0.4, 1.0))
+        size = float(rng.uniform(*object_size))
         col, vis = _shape(p, rng, size)
         for _try in range(20):  # avoid starting inside another object
             pos = np.array([*rng.uniform(-ARENA, ARENA, 2), rng.uniform(0.4, 2.0) + size / 2])
