@@ -53,6 +53,17 @@ def test_ssim_matches_naive_windows(gen):
     assert ssim_dissimilarity(x, x).abs().max() < 1e-12
 
 
+def test_box_filter_matches_avg_pool_values_and_gradients(gen):
+    from loci_fast.model.losses.reconstruction import _box3
+
+    x = torch.rand(2, 3, 7, 10, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(2, 3, 5, 8, generator=gen, dtype=torch.float64)
+    ours, = torch.autograd.grad((_box3(x) * w).sum(), x)
+    ref, = torch.autograd.grad((torch.nn.functional.avg_pool2d(x, 3, 1) * w).sum(), x)
+    torch.testing.assert_close(_box3(x), torch.nn.functional.avg_pool2d(x, 3, 1), rtol=0, atol=1e-15)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-15)
+
+
 def test_masked_l1_ssim_ignores_unmasked_pixels_and_weights_terms(gen):
     out = torch.rand(3, 1, 8, 8, generator=gen)
     tgt = torch.rand(3, 1, 8, 8, generator=gen)

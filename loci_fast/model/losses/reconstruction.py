@@ -20,6 +20,16 @@ SSIM_C1 = 0.01 ** 2
 SSIM_C2 = 0.03 ** 2
 
 
+def _box3(x: torch.Tensor) -> torch.Tensor:
+    """3x3 mean with stride 1 and no padding, as two shifted 1-D sums.
+
+    Same values as ``F.avg_pool2d(x, 3, 1)`` up to rounding, but about 4x faster forward and
+    backward on the CPU, where avg_pool2d was a quarter of a 128x128 stage-1 step.
+    """
+    s = x[..., :-2] + x[..., 1:-1] + x[..., 2:]
+    return (s[..., :-2, :] + s[..., 1:-1, :] + s[..., 2:, :]) / 9
+
+
 def ssim_dissimilarity(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-pixel structural dissimilarity ``clamp((1 - SSIM) / 2, 0, 1)`` with 3x3 windows.
 
@@ -33,7 +43,7 @@ def ssim_dissimilarity(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     c = x.shape[1]
     # One pooling call over the five statistics' inputs instead of five calls.
     stats = torch.cat((x, y, x * x, y * y, x * y), dim=1)
-    stats = F.avg_pool2d(F.pad(stats, (1, 1, 1, 1), mode="reflect"), 3, 1)
+    stats = _box3(F.pad(stats, (1, 1, 1, 1), mode="reflect"))
     mu_x, mu_y, xx, yy, xy = stats.split(c, dim=1)
     sigma_x = xx - mu_x ** 2
     sigma_y = yy - mu_y ** 2
