@@ -98,3 +98,25 @@ def test_parameters_without_gradient_are_left_alone(gen):
 def test_bad_hyperparameters_raise(kwargs):
     with pytest.raises(ValueError, match="Ranger"):
         Ranger([torch.nn.Parameter(torch.zeros(1))], **kwargs)
+
+
+def test_mixed_dtypes_and_step_counts_update_as_if_each_parameter_were_alone(gen):
+    # The foreach buckets (step, device, dtype) must not leak state between parameters.
+    def make():
+        return [torch.nn.Parameter(torch.randn(4, 3, generator=torch.Generator().manual_seed(i)).to(dt))
+                for i, dt in enumerate((torch.float32, torch.bfloat16, torch.float32, torch.float64))]
+
+    together, alone = make(), make()
+    opt = Ranger(together, lr=1e-2, weight_decay=0.1, k=4)
+    singles = [Ranger([p], lr=1e-2, weight_decay=0.1, k=4) for p in alone]
+    for it in range(15):
+        grads = [torch.randn(4, 3, generator=gen).to(p.dtype) for p in together]
+        for i, (a, b, g) in enumerate(zip(together, alone, grads)):
+            late = i == 2 and it < 7  # this one has no gradient for the first 7 steps
+            a.grad, b.grad = (None, None) if late else (g.clone(), g.clone())
+        opt.step()
+        for s in singles:
+            s.step()
+    for a, b in zip(together, alone):
+        assert a.dtype == b.dtype and torch.equal(a.detach(), b.detach())
+    assert opt.state[together[2]]["step"] == 8 and opt.state[together[0]]["step"] == 15
