@@ -12,6 +12,11 @@ Upstream hands every parameter to the optimiser and lets the inactive branches g
 here they are frozen instead (same updates: Ranger skips parameters without gradients), which
 keeps DeepSpeed from all-reducing and stepping weights a stage never touches. The priority head
 stays frozen as upstream's trainer has it (the model freezes it itself).
+
+Stage 1 never runs the encoder's hypernetwork (upstream passes ``use_hyper_weights=False``), so its
+weights and the hyper layers' ``alpha`` never get a gradient there and upstream leaves them as they
+are. DeepSpeed instead hands every parameter without a gradient a zero one, on which Ranger would
+still apply weight decay and Lookahead: stage 1 freezes them (55% of the demo's encoder weights).
 """
 from __future__ import annotations
 
@@ -27,8 +32,10 @@ LOGGED = ("mask_loss", "rgb_loss", "depth_loss", "position_loss", "z_loss", "mea
 class ObjectStage(Stage):
     """One LociPretrainer mode on single-object crops."""
 
-    def __init__(self, name: str, mode: str, iterations: int, prefixes: tuple[str, ...]) -> None:
+    def __init__(self, name: str, mode: str, iterations: int, prefixes: tuple[str, ...],
+                 uses_hypernetwork: bool = True) -> None:
         self.name, self.mode, self.iterations, self.prefixes = name, mode, iterations, prefixes
+        self.uses_hypernetwork = uses_hypernetwork
         self.metric_keys = LOGGED
 
     def build_model(self, cfg) -> torch.nn.Module:
@@ -37,6 +44,8 @@ class ObjectStage(Stage):
         return LociPretrainer(cfg["model"])
 
     def trainable(self, param_name: str) -> bool:
+        if not self.uses_hypernetwork and _hypernetwork_only(param_name):
+            return False
         # Entries ending in '.' are module prefixes, the others exact parameter names.
         return any(param_name.startswith(p) if p.endswith(".") else param_name == p
                    for p in self.prefixes)
@@ -87,10 +96,16 @@ def _depth_image(depth: torch.Tensor, binary: torch.Tensor) -> torch.Tensor:
     return ((0.5 + 0.25 * depth.detach().float()).clamp(0, 1)) * binary
 
 
+def _hypernetwork_only(param_name: str) -> bool:
+    """Encoder parameters that only act through generated weights: the hypernetwork and ``alpha``."""
+    return param_name.startswith("encoder.hyper_weights.") or (
+        param_name.startswith("encoder.") and param_name.endswith(".alpha"))
+
+
 ENCODER_DECODER = ("encoder.", "decoder.", "std", "depth")
 
 MASK = register(ObjectStage("mask", "mask", 0, ("mask_pretrainer.",)))
 DEPTH = register(ObjectStage("depth", "depth", 0, ("depth_pretrainer.",)))
 RGB = register(ObjectStage("rgb", "rgb", 0, ("rgb_pretrainer.",)))
-STAGE1 = register(ObjectStage("stage1", "all", 0, ENCODER_DECODER))
+STAGE1 = register(ObjectStage("stage1", "all", 0, ENCODER_DECODER, uses_hypernetwork=False))
 STAGE2 = register(ObjectStage("stage2", "all", 3, ENCODER_DECODER))
