@@ -4,6 +4,9 @@ The training config is the single source of truth for batch size, gradient accum
 and learning rate. A DeepSpeed JSON may leave those fields out or set them to ``"auto"``; when it
 states a value that differs, the run stops before training with a message naming both values and
 the fix.
+
+Gradient clipping is off unless the DeepSpeed JSON sets ``gradient_clipping``: upstream clips in no
+stage, while DeepSpeed on its own would clip every gradient to norm 1.0.
 """
 from __future__ import annotations
 
@@ -86,6 +89,7 @@ def resolve_ds_config(ds: dict[str, Any], *, micro_batch: int, grad_accum: int, 
         kind = str(ds["optimizer"].get("type", "")).lower()
         if not on_gpu and kind in ("adam", "adamw") and "torch_adam" not in params:
             params["torch_adam"] = True  # DeepSpeed's CPU Adam op is a slow JIT build
+    ds.setdefault("gradient_clipping", 0.0)  # DeepSpeed's default is 1.0; upstream never clips
     ds.setdefault("steps_per_print", 10**9)  # our logger reports progress
     return ds, use_client_optimizer
 

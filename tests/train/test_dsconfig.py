@@ -64,3 +64,33 @@ def test_missing_or_broken_file_is_named(tmp_path):
     bad.write_text("{")
     with pytest.raises(TrainError, match="not valid JSON"):
         read_ds_config(bad)
+
+
+_CLIP_PROBE = """
+import json, sys, torch, deepspeed
+from loci_fast.train.engine import init_distributed
+from loci_fast.train.dsconfig import read_ds_config, resolve_ds_config
+init_distributed()
+ds, _ = resolve_ds_config(read_ds_config(sys.argv[1] or None), micro_batch=1, grad_accum=1, world_size=1,
+                          mixed_precision=False, learning_rate=1.0, on_gpu=False)
+model = torch.nn.Linear(4, 1, bias=False)
+start = model.weight.detach().clone()
+engine, *_ = deepspeed.initialize(model=model, model_parameters=list(model.parameters()),
+                                  optimizer=torch.optim.SGD(model.parameters(), lr=1.0), config=ds)
+engine.backward(1000.0 * engine.module.weight.sum())
+engine.step()
+print(json.dumps(float((start - engine.module.weight.detach()).norm())))
+"""
+
+
+@pytest.mark.parametrize("path, moved", [("", 2000.0), (str(CONFIGS / "fp32.json"), 2000.0),
+                                         (str(CONFIGS / "fp32-clip1.json"), 1.0)])
+def test_gradients_are_clipped_only_when_the_deepspeed_config_asks(tmp_path, path, moved):
+    # DeepSpeed alone clips to norm 1.0; upstream never clips. Gradient norm here: 1000 * sqrt(4).
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", _CLIP_PROBE, path], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == pytest.approx(moved, rel=1e-4)
