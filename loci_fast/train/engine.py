@@ -169,6 +169,12 @@ def train(options: TrainOptions) -> RunResult:
                                            optimizer=optimizer, config=ds_config)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
         engine_dtype_name(ds_config)]
+    untouched = None
+    if client_optimizer and dtype == torch.float32 and int(
+            ds_config.get("zero_optimization", {}).get("stage", 0)) == 0:
+        from .untouched import UntouchedGradients
+
+        untouched = UntouchedGradients(trainable)
 
     num_workers = options.workers if options.workers is not None else int(cfg["num_workers"])
     stream = stage.batches(cfg, plan.shards, rank=rank, world_size=world_size, seed=plan.seed,
@@ -254,6 +260,8 @@ def train(options: TrainOptions) -> RunResult:
                 consecutive_bad = 0
                 boundary = engine.is_gradient_accumulation_boundary()
                 engine.backward(out.loss)
+                if boundary and untouched is not None:
+                    untouched.drop_untouched()
                 engine.step()
                 sums += shared[:-2] / world_size
                 micro += 1
@@ -279,6 +287,8 @@ def train(options: TrainOptions) -> RunResult:
     finally:
         stop.uninstall()
         logger.close()
+        if untouched is not None:
+            untouched.remove()
     elapsed = time.perf_counter() - started
     step_seconds = None
     if first_step_done is not None and step > first_step_done[1]:

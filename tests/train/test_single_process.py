@@ -94,3 +94,25 @@ def test_non_finite_losses_stop_with_a_checkpoint(tmp_path):
     assert "3 non-finite losses in a row, the last at step 4" in proc.stderr, proc.stderr[-2000:]
     assert ckpt.latest_tag(out / "checkpoints") == "step_00000003"
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_parameters_the_loss_has_not_reached_are_not_stepped(tmp_path):
+    # DeepSpeed hands them zero gradients; Ranger would decay them and advance their RAdam state.
+    cfg, shards = toy_setup(tmp_path)
+    out = tmp_path / "late"
+    argv = train_args(cfg, shards, out, "--max-steps", "6", "--save-every", "3", "--keep", "5",
+                      "--set", "weight_decay=0.1", "--set", "learning_rate=0.01")
+    argv[argv.index("--stage") + 1] = "tests.train.toy_stage:TOY_LATE"
+    proc = run(launcher("python") + argv)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    def saved(tag):
+        state = torch.load(out / "checkpoints" / tag / "mp_rank_00_model_states.pt", map_location="cpu",
+                           weights_only=False)
+        steps = {tuple(v["exp_avg"].shape): v["step"] for v in state["optimizer"]["state"].values()}
+        return state["module"]["late"], steps
+
+    late, steps = saved("step_00000003")  # batches 0-2 never reach `late`, shape (4,)
+    assert torch.equal(late, torch.ones(4)) and (4,) not in steps and steps[(3,)] == 3
+    late, steps = saved("step_00000006")  # batches 3-5 do: three RAdam steps, still inside its warm-up
+    assert steps[(4,)] == 3 and steps[(3,)] == 6 and torch.equal(late, torch.ones(4))

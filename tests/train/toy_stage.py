@@ -93,3 +93,25 @@ class ToyStage(Stage):
 
 TOY = ToyStage()
 TOY_NAN = ToyStage("toy_nan", nan_from=3)
+
+
+class LateModel(ToyModel):
+    """ToyModel plus a parameter that the loss reaches only from batch position 3 on."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels)
+        self.late = torch.nn.Parameter(torch.ones(4))
+
+
+class LateStage(ToyStage):
+    def build_model(self, cfg):
+        return LateModel(int(cfg["model"]["gestalt_size"]))
+
+    def forward(self, model, batch):
+        out = super().forward(model, batch)
+        if int(batch["position"]) >= 3:
+            out.loss = out.loss + (model.module.late if hasattr(model, "module") else model.late).square().mean()
+        return out
+
+
+TOY_LATE = LateStage("toy_late")
