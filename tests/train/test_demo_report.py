@@ -44,6 +44,7 @@ def test_report_says_when_stage2_misses_the_objects(tmp_path):
     text = demo.write_report(stages, tmp_path, "2 CPU ranks (gloo)", 60.0).read_text()
     line = next(line for line in text.splitlines() if line.startswith("* stage2: "))
     assert "30.0 px" in line and "0.00" in line and "do not land on the objects" in line
-    stages[-1].eval = {"loss": 1.0, "mean_iou": 0.5, "position_px": 3.0}
+    stages[-1].eval = {"loss": 1.0, "mean_iou": 0.5, "position_px": 3.0, "on_object": 0.75}
     text = demo.write_report(stages, tmp_path, "2 CPU ranks (gloo)", 60.0).read_text()
-    assert "the masks land on the objects" in next(line for line in text.splitlines() if line.startswith("* stage2: "))
+    line = next(line for line in text.splitlines() if line.startswith("* stage2: "))
+    assert "the masks land on the objects" in line and "(IoU >= 0.25) in 75% of the held-out crops" in line
