@@ -16,6 +16,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", nargs="+", default=None, metavar="SHARDS",
                    help="also measure decode throughput of each data view over these loci-video shards")
     p.add_argument("--data-workers", type=int, default=1, help="DataLoader workers for --data (default: 1)")
+    t = p.add_argument_group("training step (instead of the op suite)")
+    t.add_argument("--train-step", metavar="CONFIG", default=None,
+                   help="time training steps of this config's stage with each kernel backend, e.g. "
+                        "configs/pretrain-encoder-decoder-stage2.json")
+    t.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="bf16",
+                   help="model dtype for --train-step (default: %(default)s)")
+    t.add_argument("--steps", type=int, default=20, help="timed steps per backend (default: %(default)s)")
+    t.add_argument("--batch-size", type=int, default=None, help="override the config's batch size")
+    t.add_argument("--input-size", type=int, default=None, help="override the config's input size (square)")
+    t.add_argument("--backends", nargs="+", choices=("reference", "triton"), default=["reference", "triton"],
+                   help="kernel backends to compare (default: both)")
     p.set_defaults(func=run)
 
 
@@ -25,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
     if not torch.cuda.is_available():
         # The gates run the Triton kernels in the interpreter; it must be on before triton imports.
         os.environ.setdefault("TRITON_INTERPRET", "1")
+    if args.train_step:
+        return _train_step(args)
     from .runner import OPS, run_suite
 
     results = run_suite(args.ops or OPS, quick=args.quick, out_dir=args.out,
@@ -33,4 +46,18 @@ def run(args: argparse.Namespace) -> int:
     if not results["ok"]:
         print("some correctness gates FAILED: see the results file")
         return 1
+    return 0
+
+
+def _train_step(args: argparse.Namespace) -> int:
+    from .train_step import run_train_step
+
+    if args.steps < 1:
+        raise SystemExit("loci-fast bench: --steps must be >= 1")
+    results = run_train_step(args.train_step, backends=args.backends, out_dir=args.out, steps=args.steps,
+                             dtype=args.dtype, batch_size=args.batch_size, input_size=args.input_size)
+    for row in results["rows"]:
+        print(f"{row['stage']} {row['backend']:9s} {row['dtype']}: {row['step_ms']:.1f} ms/step, "
+              f"{row['samples_per_s']:.1f} samples/s")
+    print(f"wrote {results['path']}")
     return 0
