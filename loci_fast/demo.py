@@ -144,7 +144,7 @@ def evaluate(stage: DemoStage, out: Path, val: str, batches: int = 2) -> None:
 
     from loci_fast.config import load_config
     from loci_fast.data.loaders import object_crops
-    from loci_fast.model.pretrainer import LociPretrainer
+    from loci_fast.model.pretrainer import LociPretrainer, iou_per_sample
     from loci_fast.train import checkpoint as ckpt
     from loci_fast.train.logs import image_grid
     from loci_fast.train.stages import LOGGED
@@ -177,8 +177,7 @@ def evaluate(stage: DemoStage, out: Path, val: str, batches: int = 2) -> None:
                 err = (res["position"][:, :2].float() - centroid.float()).norm(dim=1).mean()
                 sums["position_px"] = sums.get("position_px", 0.0) + float(err) * (size[1] - 1) / 2
                 # Share of crops whose decoded mask overlaps its object (IoU >= ON_OBJECT_IOU).
-                pred, true = res["mask"].float() > 0.5, batch["mask"] > 0.5
-                iou = (pred & true).flatten(1).sum(1) / (pred | true).flatten(1).sum(1).clamp(min=1)
+                iou = iou_per_sample(res["mask"], (batch["mask"] > 0.5).float())
                 sums["on_object"] = sums.get("on_object", 0.0) + float((iou >= ON_OBJECT_IOU).float().mean())
             if n == 0:
                 images = obj.images(batch, res)
@@ -306,13 +305,18 @@ def step_time(run: Path) -> float | None:
     return times[len(times) // 2]
 
 
-def _add_seconds(out: Path, key: str, seconds: float, everything: bool = False):
-    """Add ``seconds`` to ``key`` in ``<out>/timings.json``; return its total (or all totals)."""
+def _timings(out: Path) -> dict[str, float]:
+    """Seconds spent per part of the demo (data, each stage), summed over resumed invocations."""
     path = out / "timings.json"
-    timings = json.loads(path.read_text()) if path.exists() else {}
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _add_seconds(out: Path, key: str, seconds: float) -> float:
+    """Add ``seconds`` to ``key`` in ``<out>/timings.json``; return the new total for ``key``."""
+    timings = _timings(out)
     timings[key] = timings.get(key, 0.0) + seconds
-    path.write_text(json.dumps(timings, indent=1) + "\n")
-    return timings if everything else timings[key]
+    (out / "timings.json").write_text(json.dumps(timings, indent=1) + "\n")
+    return timings[key]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -345,8 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     plot_losses(stages, out)
     # Wall time of the whole demo, across resumed invocations: data and training as accumulated,
     # evaluation and report as this invocation spent them.
-    timings = _add_seconds(out, "data", 0.0, everything=True)
-    total = sum(timings.values()) + evaluating
+    total = sum(_timings(out).values()) + evaluating
     report = write_report(stages, out, device, total)
     print(f"\ndemo: done in {(time.perf_counter() - started) / 60:.1f} min ({total / 60:.1f} min in all "
           f"with earlier resumed runs); report: {report}", flush=True)

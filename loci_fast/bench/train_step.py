@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -67,11 +68,7 @@ def measure(config: str | Path, backend: str, *, steps: int = 20, warmup: int = 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(0)
     model = stage.build_model(cfg).to(device=dev, dtype=DTYPES[dtype])
-    for name, param in model.named_parameters():
-        if not stage.trainable(name):
-            param.requires_grad_(False)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = Ranger(params, lr=float(cfg["learning_rate"]), weight_decay=float(cfg["weight_decay"]))
+    optimizer = Ranger(stage.trainable_parameters(model), lr=float(cfg["learning_rate"]), weight_decay=float(cfg["weight_decay"]))
     if stage.name == "stage2":
         _advance_schedules(model, STEADY_STAGE2_STEP)
     b = int(cfg["model"]["batch_size"])
@@ -97,7 +94,7 @@ def measure(config: str | Path, backend: str, *, steps: int = 20, warmup: int = 
         sync()
         elapsed = time.perf_counter() - started
     final = [float(x) for x in losses]
-    if not all(map(lambda v: v == v and abs(v) != float("inf"), final)):
+    if not all(math.isfinite(v) for v in final):
         raise RuntimeError(f"bench --train-step: non-finite loss with the {backend} kernels: {final}")
     return {"stage": stage.name, "backend": backend, "dtype": dtype, "batch_size": b,
             "input_size": list(cfg["model"]["input_size"]), "steps": steps,

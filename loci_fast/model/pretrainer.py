@@ -75,13 +75,19 @@ def _mse(prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def mean_iou(prob: torch.Tensor, binary: torch.Tensor) -> torch.Tensor:
-    """Batch mean of IoU([prob > 0.5], binary), in binary's dtype (counted in fp32 for fp16/bf16)."""
-    dtype, binary = binary.dtype, upcast(binary)
+def iou_per_sample(prob: torch.Tensor, binary: torch.Tensor) -> torch.Tensor:
+    """IoU([prob > 0.5], binary) of every sample, (B,), counted in fp32 for fp16/bf16."""
+    binary = upcast(binary)
     pred = (prob > 0.5).to(binary.dtype)
     inter = (pred * binary).sum((1, 2, 3))
     union = torch.maximum(pred, binary).sum((1, 2, 3))
-    return torch.mean(inter / (union + 1e-6)).to(dtype)
+    return inter / (union + 1e-6)
+
+
+@torch.no_grad()
+def mean_iou(prob: torch.Tensor, binary: torch.Tensor) -> torch.Tensor:
+    """Batch mean of :func:`iou_per_sample`, in binary's dtype."""
+    return torch.mean(iou_per_sample(prob, binary)).to(binary.dtype)
 
 
 class LociPretrainer(nn.Module):

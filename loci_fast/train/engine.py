@@ -149,10 +149,7 @@ def train(options: TrainOptions) -> RunResult:
         report = init_from(model, stage, options.init_from)
         if int(os.environ.get("RANK", 0)) == 0:
             print("\n".join(report), flush=True)
-    for name, param in model.named_parameters():
-        if not stage.trainable(name):
-            param.requires_grad_(False)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    trainable = stage.trainable_parameters(model)
     if not trainable:
         raise TrainError(f"stage {stage.name} has no trainable parameters in this model")
 

@@ -46,6 +46,13 @@ class Stage:
         """Whether the parameter called ``param_name`` trains in this stage (default: all)."""
         return True
 
+    def trainable_parameters(self, model: torch.nn.Module) -> list[torch.nn.Parameter]:
+        """Freeze every parameter of ``model`` this stage does not train; return the others."""
+        for name, param in model.named_parameters():
+            if not self.trainable(name):
+                param.requires_grad_(False)
+        return [p for p in model.parameters() if p.requires_grad]
+
     def batches(self, cfg, shards: list[str], *, rank: int, world_size: int, seed: int,
                 num_workers: int) -> BatchStream:
         raise NotImplementedError
