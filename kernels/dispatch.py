@@ -22,8 +22,14 @@ import torch
 BACKENDS = ("auto", "triton", "reference")
 ENV_VAR = "LOCI_FAST_KERNELS"
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 _state = threading.local()
+
+
+def upcast(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in fp32 when it is stored in fp16/bf16 (differentiable); ``t`` itself otherwise."""
+    return t.float() if t.dtype in HALF_DTYPES else t
 
 
 def _validate_backend(name: str, source: str) -> str:

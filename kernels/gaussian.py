@@ -92,11 +92,6 @@ def _grid(n: int, like: torch.Tensor) -> torch.Tensor:
     return torch.arange(n, dtype=like.dtype, device=like.device) * (2.0 / (n - 1)) - 1.0
 
 
-def _upcast(t: torch.Tensor) -> torch.Tensor:
-    """fp16/bf16 -> fp32 (differentiable); wider dtypes unchanged."""
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
-
-
 def _maps(position: torch.Tensor, geo: _Geometry) -> torch.Tensor:
     lim = geo.position_limit
     x = position[:, 0].clamp(-lim, lim)[:, None, None]
@@ -126,12 +121,12 @@ def _merge(position, gestalt, priority, geo: _Geometry, num_slots: int, with_raw
 
 
 def _maps_fp32(position: torch.Tensor, geo: _Geometry) -> torch.Tensor:
-    return _maps(_upcast(position), geo).to(position.dtype)
+    return _maps(dispatch.upcast(position), geo).to(position.dtype)
 
 
 def _merge_fp32(position, gestalt, priority, geo: _Geometry, num_slots: int, with_raw: bool) -> torch.Tensor:
-    priority = None if priority is None else _upcast(priority)
-    return _merge(_upcast(position), _upcast(gestalt), priority, geo, num_slots, with_raw).to(position.dtype)
+    priority = None if priority is None else dispatch.upcast(priority)
+    return _merge(dispatch.upcast(position), dispatch.upcast(gestalt), priority, geo, num_slots, with_raw).to(position.dtype)
 
 
 def gaussian_maps_reference(position: torch.Tensor, size, *, position_limit: float = 1.0,
