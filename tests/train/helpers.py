@@ -26,8 +26,10 @@ def toy_setup(tmp: Path, batch_size: int = 4) -> tuple[Path, str]:
     return cfg, write_toy_shards(tmp / "shards")
 
 
-def train_args(cfg: Path, shards: str, out: Path, *extra: str) -> list[str]:
-    return ["train", "--config", str(cfg), "--stage", TOY, "--data", shards, "--out", str(out),
+def train_args(cfg: Path, shards: str, out: Path, *extra: str, stage: str | None = TOY) -> list[str]:
+    """``loci-fast train`` arguments; ``stage=None`` lets the config decide the stage."""
+    chosen = ["--stage", stage] if stage else []
+    return ["train", "--config", str(cfg), *chosen, "--data", shards, "--out", str(out),
             "--no-progress", "--image-every", "1000", *extra]
 
 

@@ -77,8 +77,7 @@ def test_deepspeed_dtype_contradiction(toy, capsys):
 
 def test_unknown_stage(toy, capsys):
     tmp, cfg, shards = toy
-    argv = train_args(cfg, shards, tmp / "out")
-    argv[argv.index("--stage") + 1] = "stage7"
+    argv = train_args(cfg, shards, tmp / "out", stage="stage7")
     _fails(capsys, argv, "unknown stage 'stage7'", "stage1")
 
 

@@ -36,18 +36,11 @@ def synth(tmp_path_factory):
     return tmp, REPO / "configs" / "tiny" / "pretrain-mask-decoder.json", str(tmp / "data" / "train-*.tar")
 
 
-def mask_args(cfg, shards, out, *extra):
-    """The real mask stage (stage from the config) on real shards."""
-    args = train_args(cfg, shards, out, *extra)
-    i = args.index("--stage")
-    return args[:i] + args[i + 2:]
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(synth):
     tmp, cfg, shards = synth
     out = tmp / "uninterrupted"
-    proc = run(launcher("deepspeed") + mask_args(cfg, shards, out, *STEPS))
+    proc = run(launcher("deepspeed") + train_args(cfg, shards, out, *STEPS, stage=None))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out
 
@@ -69,7 +62,7 @@ def test_sigkill_then_resume_reproduces_the_loss_sequence(synth, uninterrupted, 
     tmp, cfg, shards = synth
     out = tmp / "killed"
     kill_at = random.Random(seed).randint(4, 10)
-    proc = start(launcher("deepspeed") + mask_args(cfg, shards, out, *STEPS))
+    proc = start(launcher("deepspeed") + train_args(cfg, shards, out, *STEPS, stage=None))
     try:
         wait_for_step(proc, out / "metrics.jsonl", kill_at)
     finally:
@@ -77,7 +70,8 @@ def test_sigkill_then_resume_reproduces_the_loss_sequence(synth, uninterrupted, 
         proc.wait()
     tag = ckpt.latest_tag(out / "checkpoints")
     assert tag is not None and int(tag[5:]) < 12
-    resumed = run(launcher("deepspeed") + mask_args(cfg, shards, out, *STEPS, "--resume", "auto"))
+    resumed = run(launcher("deepspeed") + train_args(cfg, shards, out, *STEPS, "--resume", "auto",
+                                                     stage=None))
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert f"resumed from {out / 'checkpoints' / tag}" in resumed.stderr
     assert losses(out) == losses(uninterrupted)  # bitwise: same floats, same steps
@@ -115,8 +109,8 @@ def test_resume_with_another_number_of_ranks_is_refused(synth, uninterrupted, tm
     _, cfg, shards = synth
     out = tmp_path / "copy"
     shutil.copytree(uninterrupted, out)
-    proc = run(launcher("python") + mask_args(cfg, shards, out, "--max-steps", "14", "--resume",
-                                              "auto"))
+    proc = run(launcher("python") + train_args(cfg, shards, out, "--max-steps", "14", "--resume", "auto",
+                                               stage=None))
     assert proc.returncode == 2
     assert "written by 2 ranks, this run has 1" in proc.stderr, proc.stderr[-2000:]
     assert losses(out) == losses(uninterrupted)  # nothing rewritten

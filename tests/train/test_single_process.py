@@ -73,8 +73,7 @@ def test_init_from_checkpoint_of_the_same_stage_and_refusals(finished, capsys):
     assert all(torch.equal(model.state_dict()[k], saved[k]) for k in saved)
     assert "4 of 4 tensors loaded" in report[-1]
     # Another stage's checkpoint, and a model of another size, are refused before training.
-    argv = train_args(cfg, shards, tmp / "other", "--init-from", str(out))
-    argv[argv.index("--stage") + 1] = "tests.train.toy_stage:TOY_NAN"
+    argv = train_args(cfg, shards, tmp / "other", "--init-from", str(out), stage="tests.train.toy_stage:TOY_NAN")
     assert main(argv) == 2
     assert "'toy' checkpoint cannot initialise stage 'toy_nan'" in capsys.readouterr().err
     argv = train_args(cfg, shards, tmp / "other", "--init-from", str(out),
@@ -86,8 +85,8 @@ def test_init_from_checkpoint_of_the_same_stage_and_refusals(finished, capsys):
 def test_non_finite_losses_stop_with_a_checkpoint(tmp_path):
     cfg, shards = toy_setup(tmp_path)
     out = tmp_path / "nan"
-    argv = train_args(cfg, shards, out, "--max-steps", "50", "--max-nonfinite", "3")
-    argv[argv.index("--stage") + 1] = "tests.train.toy_stage:TOY_NAN"
+    argv = train_args(cfg, shards, out, "--max-steps", "50", "--max-nonfinite", "3",
+                      stage="tests.train.toy_stage:TOY_NAN")
     proc = run(launcher("python") + argv)
     assert proc.returncode == 2
     # Batches 0-2 train (steps 1-3); batches 3, 4, 5 are non-finite: skipped, then the stop.
@@ -101,8 +100,8 @@ def test_parameters_the_loss_has_not_reached_are_not_stepped(tmp_path):
     cfg, shards = toy_setup(tmp_path)
     out = tmp_path / "late"
     argv = train_args(cfg, shards, out, "--max-steps", "6", "--save-every", "3", "--keep", "5",
-                      "--set", "weight_decay=0.1", "--set", "learning_rate=0.01")
-    argv[argv.index("--stage") + 1] = "tests.train.toy_stage:TOY_LATE"
+                      "--set", "weight_decay=0.1", "--set", "learning_rate=0.01",
+                      stage="tests.train.toy_stage:TOY_LATE")
     proc = run(launcher("python") + argv)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
