@@ -293,7 +293,7 @@ def test_attribute_item_in_get():
     assert cfg.model.input_size == [64, 96] and cfg.model.input_size == (64, 96)
     assert dict(**cfg.model.encoder) == {"channels": 32, "blocks": [1, 1, 3, 2], "hyper_channels": 256}
     with pytest.raises(AttributeError, match=r"model\.num_slot: no such key; did you mean 'num_slots'"):
-        cfg.model.num_slot
+        _ = cfg.model.num_slot
     with pytest.raises(KeyError, match="model.gestalt"):
         cfg["model"]["gestalt"]
     assert not hasattr(cfg.model, "nope")
