@@ -96,6 +96,12 @@ def check_shards(paths: list[str]) -> None:
     if not paths:
         raise TrainError("no training shards: give --data 'DIR/name-{000000..000007}.tar' or set "
                          "data.train in the config")
+    for path in paths:
+        if not os.path.isfile(path):
+            raise TrainError(f"shard {path} does not exist; check --data / data.train, or write "
+                             f"shards with `loci-fast data synth --out DIR`")
+        if not os.access(path, os.R_OK):
+            raise TrainError(f"shard {path} is not readable (permissions)")
     try:
         verify_shards(paths)
     except DataError as err:
