@@ -40,11 +40,14 @@ fresh copy only if that holder is still alive (its graph exists), has not run it
 versions still match. The backward uses the copy, or the live buffers when their version is still
 its own, and frees the copy. The last step of every chunk thus keeps no trace copy at all; weights,
 x and h_last are kept by reference (autograd checks their versions); g and r are kept (2 N Hd).
-Saved bytes per step, fp32, N = 16, Hd = I = 1024 (measured on the ``ctx`` tensors in the tests):
-upstream clones 285.6 MB (256.1 MB of traces, 16.8 MB of weights, the rest (N, Hd) vectors); ours
-keeps 0.13 MB on the last step of a chunk and 256.3 MB on the others: for K = 2 (upstream's
-schedule) 256.4 MB a chunk against 571 MB, 45 % (the formulas: ``saved_bytes_upstream``,
-``saved_bytes_ours``). A trace modified in place by anything else between a step's forward and its
+Saved bytes per step, fp32, N = 16, Hd = I = 1024 (the formulas ``saved_bytes_upstream`` and
+``saved_bytes_ours``, checked against the ``ctx`` tensors in the tests): upstream clones 285.9 MB
+(268.6 MB of traces, 16.8 MB of weights, 0.5 MB of (N, Hd) vectors); ours keeps 0.13 MB on the last
+step of a chunk and 268.7 MB on the others, so a K = 2 chunk (upstream's schedule) keeps 268.8 MB
+against 571.7 MB (47 %; at N = 128, Hd = I = 512: 538 MB against 1087 MB). K - 1 copies a chunk is the
+least an exact backward can keep: for an arbitrary δ_t, Σ_n δ_t e_t determines e_t, and e_t cannot be
+recovered from e_{t+1} where the gates saturate.
+A trace modified in place by anything else between a step's forward and its
 backward (e.g. ``reset_state``) makes that backward raise instead of silently using wrong traces.
 """
 from __future__ import annotations
