@@ -176,8 +176,10 @@ if triton is not None:
     @triton.jit
     def _gates_kernel(x_ptr, h_ptr, wgx_ptr, wgh_ptr, bg_ptr, wrx_ptr, wrh_ptr, br_ptr, noise_ptr,
                       g_ptr, r_ptr, hout_ptr, ebg_ptr, ebr_ptr, obg_ptr, obr_ptr, N, I, HD,
-                      SAVE_OLD: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+                      SAVE_OLD: tl.constexpr, ACC: tl.constexpr, OP: tl.constexpr, PREC: tl.constexpr,
                       BLOCK_N: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr):
+        # OP: the dot operand dtype, ACC for fp32/fp64, the storage dtype for fp16/bf16 (the products
+        # of two half values are exact in the fp32 accumulator, and tensor cores take them).
         j = tl.program_id(0) * BLOCK_J + tl.arange(0, BLOCK_J)
         n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         j_ok, n_ok = j < HD, n < N
@@ -190,9 +192,9 @@ if triton is not None:
             u = tl.load(x_ptr + n[:, None] * I + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
             w_off = j[None, :] * I + k[:, None]          # W[j, k] as a (K, J) tile
             w_ok = k_ok[:, None] & j_ok[None, :]
-            acc_g = tl.dot(u.to(ACC), tl.load(wgx_ptr + w_off, mask=w_ok, other=0.0).to(ACC), acc_g,
+            acc_g = tl.dot(u.to(OP), tl.load(wgx_ptr + w_off, mask=w_ok, other=0.0).to(OP), acc_g,
                            input_precision=PREC, out_dtype=ACC)
-            acc_r = tl.dot(u.to(ACC), tl.load(wrx_ptr + w_off, mask=w_ok, other=0.0).to(ACC), acc_r,
+            acc_r = tl.dot(u.to(OP), tl.load(wrx_ptr + w_off, mask=w_ok, other=0.0).to(OP), acc_r,
                            input_precision=PREC, out_dtype=ACC)
         for k0 in range(0, HD, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
@@ -200,9 +202,9 @@ if triton is not None:
             u = tl.load(h_ptr + n[:, None] * HD + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
             w_off = j[None, :] * HD + k[:, None]
             w_ok = k_ok[:, None] & j_ok[None, :]
-            acc_g = tl.dot(u.to(ACC), tl.load(wgh_ptr + w_off, mask=w_ok, other=0.0).to(ACC), acc_g,
+            acc_g = tl.dot(u.to(OP), tl.load(wgh_ptr + w_off, mask=w_ok, other=0.0).to(OP), acc_g,
                            input_precision=PREC, out_dtype=ACC)
-            acc_r = tl.dot(u.to(ACC), tl.load(wrh_ptr + w_off, mask=w_ok, other=0.0).to(ACC), acc_r,
+            acc_r = tl.dot(u.to(OP), tl.load(wrh_ptr + w_off, mask=w_ok, other=0.0).to(OP), acc_r,
                            input_precision=PREC, out_dtype=ACC)
         bias_g = tl.load(bg_ptr + j, mask=j_ok, other=0.0).to(ACC) + tl.load(noise_ptr + j, mask=j_ok, other=0.0).to(ACC)
         g = tl.maximum(_tanh(acc_g + bias_g[None, :]), 0.0)
@@ -240,7 +242,13 @@ if triton is not None:
         c_g = tl.where(g > 0, 1.0 - g * g, 0.0) * (r - h_last)   # g' Δ
         c_r = (1.0 - r * r) * g                                   # r' g
         u = tl.load(u_ptr + n * U + i, mask=i_ok, other=0.0).to(ACC)
-        off = (n * HD + j).to(tl.int64)[:, None] * U + i[None, :]  # int64: N Hd U may exceed 2**31
+        # The tile's first row as a 64-bit scalar offset (N Hd U may exceed 2**31), 32-bit within the tile.
+        row0 = (n * HD + jb * BLOCK_J).to(tl.int64) * U
+        eg_ptr += row0
+        er_ptr += row0
+        og_ptr += row0
+        or_ptr += row0
+        off = tl.arange(0, BLOCK_J)[:, None] * U + i[None, :]
         ok = j_ok[:, None] & i_ok[None, :]
         e_g = tl.load(eg_ptr + off, mask=ok, other=0.0)
         e_r = tl.load(er_ptr + off, mask=ok, other=0.0)
@@ -262,19 +270,19 @@ if triton is not None:
         i = ub * BLOCK_U + tl.arange(0, BLOCK_U)
         j_ok, i_ok = j < HD, i < U
         ok = j_ok[:, None] & i_ok[None, :]
-        tile = j.to(tl.int64)[:, None] * U + i[None, :]
+        tile = j[:, None] * U + i[None, :]               # < Hd U: 32-bit
         acc_g = tl.zeros((BLOCK_J, BLOCK_U), dtype=ACC)
         acc_r = tl.zeros((BLOCK_J, BLOCK_U), dtype=ACC)
         reg = tl.load(reg_ptr)
-        eg_p, er_p = eg_ptr + tile, er_ptr + tile        # 64-bit pointers: N Hd U may exceed 2**31
+        eg_p, er_p = eg_ptr, er_ptr   # scalar 64-bit pointers to sample n's traces (N Hd U may exceed 2**31)
         # The whole batch sum in this program: each trace element read once, no atomics.
         for n in range(N):
             d = tl.load(d_ptr + n * HD + j, mask=j_ok, other=0.0).to(ACC)
             g = tl.load(g_ptr + n * HD + j, mask=j_ok, other=0.0)
             l0 = tl.where(g > 0, reg * (1.0 - g * g), 0.0)       # λ H_g g'
             u = tl.load(u_ptr + n * U + i, mask=i_ok, other=0.0).to(ACC)
-            e_g = tl.load(eg_p, mask=ok, other=0.0).to(ACC)
-            e_r = tl.load(er_p, mask=ok, other=0.0).to(ACC)
+            e_g = tl.load(eg_p + tile, mask=ok, other=0.0).to(ACC)
+            e_r = tl.load(er_p + tile, mask=ok, other=0.0).to(ACC)
             eg_p += HD * U
             er_p += HD * U
             acc_g += d[:, None] * e_g + l0[:, None] * u[None, :]
@@ -297,9 +305,13 @@ if triton is not None:
 
     @triton.jit
     def _input_grad_kernel(d_ptr, g_ptr, r_ptr, h_ptr, wg_ptr, wr_ptr, out_ptr, reg_ptr, N, HD, U,
-                           CARRY: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+                           CARRY: tl.constexpr, ACC: tl.constexpr, OP: tl.constexpr, PREC: tl.constexpr,
                            BLOCK_N: tl.constexpr, BLOCK_U: tl.constexpr, BLOCK_J: tl.constexpr):
-        """out = ((δΔ + λH_g) g') W_g + (δ g r') W_r (+ δ (1 - g) when CARRY: the dh_last carry)."""
+        """out = ((δΔ + λH_g) g') W_g + (δ g r') W_r (+ δ (1 - g) when CARRY: the dh_last carry).
+
+        For fp16/bf16 (OP) the fp32 coefficients are rounded to the storage dtype for the tensor-core
+        dot: a relative error of the order of the output's own rounding.
+        """
         i = tl.program_id(0) * BLOCK_U + tl.arange(0, BLOCK_U)
         n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         i_ok, n_ok = i < U, n < N
@@ -318,8 +330,10 @@ if triton is not None:
             a_r = d * g * (1.0 - r * r)
             w_off = j[:, None] * U + i[None, :]
             w_ok = j_ok[:, None] & i_ok[None, :]
-            acc = tl.dot(a_g, tl.load(wg_ptr + w_off, mask=w_ok, other=0.0).to(ACC), acc, input_precision=PREC, out_dtype=ACC)
-            acc = tl.dot(a_r, tl.load(wr_ptr + w_off, mask=w_ok, other=0.0).to(ACC), acc, input_precision=PREC, out_dtype=ACC)
+            acc = tl.dot(a_g.to(OP), tl.load(wg_ptr + w_off, mask=w_ok, other=0.0).to(OP), acc,
+                         input_precision=PREC, out_dtype=ACC)
+            acc = tl.dot(a_r.to(OP), tl.load(wr_ptr + w_off, mask=w_ok, other=0.0).to(OP), acc,
+                         input_precision=PREC, out_dtype=ACC)
         ok = n_ok[:, None] & i_ok[None, :]
         off = n[:, None] * U + i[None, :]
         if CARRY:  # U == HD here
@@ -341,30 +355,36 @@ def _clamp_pow2(n: int, lo: int, hi: int) -> int:
 def trace_blocks(hidden: int, inputs: int, interpret: bool, backward: bool = False) -> tuple[int, int, int]:
     """(BLOCK_J, BLOCK_U, num_warps) of the trace kernels.
 
-    On a GPU 2048 elements per tile (16 fp32 values a thread per tile with 4 warps): the forward keeps
-    two tiles live, the backward two accumulators and two loaded tiles. The interpreter costs ~1.5 ms
-    per program whatever its size, so there one program takes up to 64 x 64.
+    On a GPU 1024 elements per tile (8 values a thread per tile with 4 warps): the forward keeps two
+    tiles and their 64-bit addresses live, the backward two accumulators and two loaded tiles; at
+    2048 ptxas for sm_90 needs 253-255 registers and spills in the backward. The interpreter costs
+    ~1.5 ms per program whatever its size, so there one program takes up to 64 x 64.
     """
     if interpret:
         return _clamp_pow2(hidden, 1, 64), _clamp_pow2(inputs, 1, 64), 4
     block_u = _clamp_pow2(inputs, 16, 128 if not backward else 64)
-    return _clamp_pow2(hidden, 1, 2048 // block_u), block_u, 4
+    return _clamp_pow2(hidden, 1, 1024 // block_u), block_u, 4
 
 
 def gemm_blocks(n: int, hidden: int, interpret: bool) -> tuple[int, int, int]:
-    """(BLOCK_N, BLOCK_J, BLOCK_K) of the two small GEMM kernels; every ``tl.dot`` dimension is >= 16
-    (sm_90 needs it; the interpreter would accept less). A GPU gets 16 output columns a program
-    for parallelism at Hd = 512..1024."""
-    block_n = _clamp_pow2(n, 16, 64)
+    """(BLOCK_N, BLOCK_J, BLOCK_K) of the two small GEMM kernels (the input-gradient kernel uses
+    BLOCK_J output columns and BLOCK_K as its reduction block); every ``tl.dot`` dimension is >= 16
+    (sm_90 needs it; the interpreter would accept less). On a GPU 16 output columns a program for
+    parallelism at Hd = 512..1024, and at most 32 samples x 32 K a block: fp32 "ieee" dots run on
+    FMA units with the operands in registers, and 64 x 64 blocks spill for sm_90."""
     if interpret:
-        return block_n, _clamp_pow2(hidden, 16, 64), 64
-    return block_n, 16, 64
+        return _clamp_pow2(n, 16, 64), _clamp_pow2(hidden, 16, 64), 64
+    return _clamp_pow2(n, 16, 32), 16, 32
 
 
 # ---------------------------------------------------------------- Triton path
 
 def _acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _op(dtype: torch.dtype):
+    return {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}.get(dtype, _acc(dtype))
 
 
 def _versions(traces) -> tuple[int, ...]:
@@ -405,7 +425,8 @@ def _forward_triton(x, h_last, w_gx, w_gh, b_g, w_rx, w_rh, b_r, gate_noise, tra
     bn, bj, bk = gemm_blocks(n, hd, interp)
     _gates_kernel[(triton.cdiv(hd, bj), triton.cdiv(n, bn))](
         x, h_last, w_gx, w_gh, b_g, w_rx, w_rh, b_r, gate_noise, g, r, h, e_bg, e_br, o[2], o[5], n, i, hd,
-        SAVE_OLD=old is not None, ACC=acc, PREC=prec, BLOCK_N=bn, BLOCK_J=bj, BLOCK_K=bk, num_warps=4)
+        SAVE_OLD=old is not None, ACC=acc, OP=_op(x.dtype), PREC=prec, BLOCK_N=bn, BLOCK_J=bj, BLOCK_K=bk,
+        num_warps=4)
     for u, e_g, e_r, o_g, o_r in ((x, e_gx, e_rx, o[0], o[3]), (h_last, e_gh, e_rh, o[1], o[4])):
         size = u.shape[1]
         bj, bu, warps = trace_blocks(hd, size, interp)
@@ -446,16 +467,15 @@ def _backward_triton(dh, x, h_last, w_gx, w_gh, w_rx, w_rh, g, r, traces, reg: f
             dh, g, u, e_g, e_r, e_bg, e_br, dw_g, dw_r, db_g, db_r, reg_t, n, hd, size, u_blocks,
             BIAS=bias_here, ACC=acc, BLOCK_J=bj, BLOCK_U=bu, num_warps=warps)
         grads["w_g" + key], grads["w_r" + key] = dw_g, dw_r
-    bn, bj, _ = gemm_blocks(n, hd, interp)
+    bn, bu, bk = gemm_blocks(n, hd, interp)
     for key, w_g, w_r, need in (("x", w_gx, w_rx, need_x), ("h", w_gh, w_rh, need_h)):
         if not need:
             continue
         size = w_g.shape[1]
         out = dispatch.empty((n, size), dtype=dt, device=dev)
-        bu = bj
         _input_grad_kernel[(triton.cdiv(size, bu), triton.cdiv(n, bn))](
-            dh, g, r, h_last, w_g, w_r, out, reg_t, n, hd, size, CARRY=key == "h", ACC=acc, PREC=prec,
-            BLOCK_N=bn, BLOCK_U=bu, BLOCK_J=bj, num_warps=4)
+            dh, g, r, h_last, w_g, w_r, out, reg_t, n, hd, size, CARRY=key == "h", ACC=acc, OP=_op(dt),
+            PREC=prec, BLOCK_N=bn, BLOCK_U=bu, BLOCK_J=bk, num_warps=4)
         grads[key] = out
     return grads
 
