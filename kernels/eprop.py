@@ -25,7 +25,8 @@ Triton design (N = slot batch, Hd hidden, I inputs):
 * backward: ``_trace_bwd_kernel`` (once for x, once for h) owns one (j-tile, i-tile) of dW_g and dW_r
   and loops over the batch, so every trace element is read exactly once and the batch sum needs no
   atomics (deterministic); the L0 term is added in the same loop, the bias gradients by the first
-  i-tile. ``_input_grad_kernel`` computes dx and dh_last (``tl.dot``, K = Hd) with the carry term.
+  i-tile. When there are few tiles for the SMs (N = 128, Hd = I = 512) the batch is split into parts
+  of >= 16 samples whose fp32 partials a fixed-order sum adds (``batch_splits``). ``_input_grad_kernel`` computes dx and dh_last (``tl.dot``, K = Hd) with the carry term.
   fp32 accumulation (fp64 for fp64 inputs); ``tl.dot`` on fp32 tiles with input_precision "ieee".
 
 What the backward keeps of step t's traces (the memory question). The backward of step t needs the
@@ -261,9 +262,10 @@ if triton is not None:
 
     @triton.jit
     def _trace_bwd_kernel(d_ptr, g_ptr, u_ptr, eg_ptr, er_ptr, ebg_ptr, ebr_ptr, dwg_ptr, dwr_ptr, dbg_ptr, dbr_ptr,
-                          reg_ptr, N, HD, U, u_blocks, BIAS: tl.constexpr, ACC: tl.constexpr,
+                          reg_ptr, N, HD, U, u_blocks, N_PER, BIAS: tl.constexpr, ACC: tl.constexpr,
                           BLOCK_J: tl.constexpr, BLOCK_U: tl.constexpr):
         pid = tl.program_id(0)
+        split = tl.program_id(1)                         # samples [split N_PER, (split + 1) N_PER)
         ub = pid % u_blocks
         jb = pid // u_blocks
         j = jb * BLOCK_J + tl.arange(0, BLOCK_J)
@@ -274,23 +276,27 @@ if triton is not None:
         acc_g = tl.zeros((BLOCK_J, BLOCK_U), dtype=ACC)
         acc_r = tl.zeros((BLOCK_J, BLOCK_U), dtype=ACC)
         reg = tl.load(reg_ptr)
-        eg_p, er_p = eg_ptr, er_ptr   # scalar 64-bit pointers to sample n's traces (N Hd U may exceed 2**31)
-        # The whole batch sum in this program: each trace element read once, no atomics.
-        for n in range(N):
-            d = tl.load(d_ptr + n * HD + j, mask=j_ok, other=0.0).to(ACC)
-            g = tl.load(g_ptr + n * HD + j, mask=j_ok, other=0.0)
+        # Scalar 64-bit pointers to sample n's traces (N Hd U may exceed 2**31).
+        first = (split * N_PER).to(tl.int64) * HD * U
+        eg_p, er_p = eg_ptr + first, er_ptr + first
+        # This split's whole batch sum in this program: each trace element read once, no atomics.
+        for k in range(N_PER):
+            n = split * N_PER + k
+            valid = n < N
+            d = tl.load(d_ptr + n * HD + j, mask=j_ok & valid, other=0.0).to(ACC)
+            g = tl.load(g_ptr + n * HD + j, mask=j_ok & valid, other=0.0)
             l0 = tl.where(g > 0, reg * (1.0 - g * g), 0.0)       # λ H_g g'
-            u = tl.load(u_ptr + n * U + i, mask=i_ok, other=0.0).to(ACC)
-            e_g = tl.load(eg_p + tile, mask=ok, other=0.0).to(ACC)
-            e_r = tl.load(er_p + tile, mask=ok, other=0.0).to(ACC)
+            u = tl.load(u_ptr + n * U + i, mask=i_ok & valid, other=0.0).to(ACC)
+            e_g = tl.load(eg_p + tile, mask=ok & valid, other=0.0).to(ACC)
+            e_r = tl.load(er_p + tile, mask=ok & valid, other=0.0).to(ACC)
             eg_p += HD * U
             er_p += HD * U
             acc_g += d[:, None] * e_g + l0[:, None] * u[None, :]
             acc_r += d[:, None] * e_r
-        tl.store(dwg_ptr + tile, acc_g, mask=ok)
-        tl.store(dwr_ptr + tile, acc_r, mask=ok)
+        tl.store(dwg_ptr + split * HD * U + tile, acc_g, mask=ok)   # this split's partial sum
+        tl.store(dwr_ptr + split * HD * U + tile, acc_r, mask=ok)
         if BIAS:
-            if ub == 0:
+            if (ub == 0) & (split == 0):
                 db_g = tl.zeros((BLOCK_J,), dtype=ACC)
                 db_r = tl.zeros((BLOCK_J,), dtype=ACC)
                 for n in range(N):
@@ -377,6 +383,32 @@ def gemm_blocks(n: int, hidden: int, interpret: bool) -> tuple[int, int, int]:
     return _clamp_pow2(n, 16, 32), 16, 32
 
 
+def batch_splits(n: int, programs: int, sms: int, tile_elems: int) -> int:
+    """How many parts the backward's batch sum is split into: enough (program, part) pairs for about
+    four programs per SM, each part at least 16 samples (the partials add 1/16 of the traces' bytes
+    at most), and the partial offsets within 32 bits."""
+    want = -(-4 * sms // programs)
+    return max(1, min(n // 16, want, (2 ** 31 - 1) // max(tile_elems, 1)))
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1  # the interpreter: one program per tile is the cheapest
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _sum_splits(part: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(splits, Hd, U) partials -> (Hd, U) in ``dtype``; a view when there is one split (deterministic)."""
+    if part.shape[0] == 1:
+        return part[0]
+    out = dispatch.empty(part.shape[1:], dtype=dtype, device=part.device)
+    if dtype == part.dtype:
+        torch.sum(part, dim=0, out=out)
+    else:
+        out.copy_(part.sum(dim=0))
+    return out
+
+
 # ---------------------------------------------------------------- Triton path
 
 def _acc(dtype: torch.dtype):
@@ -458,15 +490,20 @@ def _backward_triton(dh, x, h_last, w_gx, w_gh, w_rx, w_rh, g, r, traces, reg: f
         if not (need or bias_here):
             continue
         size = u.shape[1]
-        dw_g = dispatch.empty((hd, size), dtype=dt, device=dev)
-        dw_r = dispatch.empty((hd, size), dtype=dt, device=dev)
         bj, bu, warps = trace_blocks(hd, size, interp, backward=True)
         u_blocks = triton.cdiv(size, bu)
+        programs = triton.cdiv(hd, bj) * u_blocks
+        splits = batch_splits(n, programs, _sm_count(dev), hd * size)
+        n_per = triton.cdiv(n, splits)
+        # One split: the kernel writes the gradients. Several: per-split partials, summed below.
+        part_dt = dt if splits == 1 else g.dtype
+        dw_g = dispatch.empty((splits, hd, size), dtype=part_dt, device=dev)
+        dw_r = dispatch.empty((splits, hd, size), dtype=part_dt, device=dev)
         db_g, db_r = (grads["b_g"], grads["b_r"]) if bias_here else (dw_g, dw_r)
-        _trace_bwd_kernel[(triton.cdiv(hd, bj) * u_blocks,)](
-            dh, g, u, e_g, e_r, e_bg, e_br, dw_g, dw_r, db_g, db_r, reg_t, n, hd, size, u_blocks,
+        _trace_bwd_kernel[(programs, splits)](
+            dh, g, u, e_g, e_r, e_bg, e_br, dw_g, dw_r, db_g, db_r, reg_t, n, hd, size, u_blocks, n_per,
             BIAS=bias_here, ACC=acc, BLOCK_J=bj, BLOCK_U=bu, num_warps=warps)
-        grads["w_g" + key], grads["w_r" + key] = dw_g, dw_r
+        grads["w_g" + key], grads["w_r" + key] = (_sum_splits(t, dt) for t in (dw_g, dw_r))
     bn, bu, bk = gemm_blocks(n, hd, interp)
     for key, w_g, w_r, need in (("x", w_gx, w_rx, need_x), ("h", w_gh, w_rh, need_h)):
         if not need:

@@ -88,6 +88,31 @@ def test_small_tiles_many_programs(gen, monkeypatch):
     _check(*_inputs(gen, 17, 20, 19), torch.float32)
 
 
+def test_batch_split_backward(gen, monkeypatch):
+    """The backward's batch sum in several parts (as for N = 128 on a GPU), partials summed after."""
+    monkeypatch.setattr(eprop, "_sm_count", lambda device: 64)
+    assert eprop.batch_splits(34, programs=1, sms=64, tile_elems=35) == 2
+    _check(*_inputs(gen, 34, 5, 7), torch.float32)
+    _check(*_inputs(gen, 33, 5, 7), torch.float64)  # a last part of one sample
+
+
+def test_gpu_launch_shapes():
+    """GPU blocks: powers of two, every tl.dot dimension >= 16 (sm_90), trace tiles within 1024
+    elements, and enough programs for the SMs at the benchmark shapes."""
+    for n in (1, 7, 16, 32, 128):
+        for hd in (5, 300, 512, 1024):
+            bn, bj, bk = eprop.gemm_blocks(n, hd, interpret=False)
+            assert min(bn, bj, bk) >= 16 and all(b & (b - 1) == 0 for b in (bn, bj, bk))
+            for u in (3, 300, 1000, 1024):
+                for backward in (False, True):
+                    tj, tu, _ = eprop.trace_blocks(hd, u, interpret=False, backward=backward)
+                    assert tj * tu <= 1024 and all(b & (b - 1) == 0 for b in (tj, tu))
+    for n, hd in ((16, 1024), (128, 512)):
+        tj, tu, _ = eprop.trace_blocks(hd, hd, interpret=False, backward=True)
+        programs = (hd // tj) * (hd // tu)
+        assert programs * eprop.batch_splits(n, programs, 132, hd * hd) >= 4 * 132
+
+
 def test_non_contiguous_inputs_and_traces(gen):
     """Same values in strided storage: transposed-back matrices, strided vectors, strided traces."""
     def noncontig(name, t):
