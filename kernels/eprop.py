@@ -536,9 +536,13 @@ class _EpropGateL0rd(torch.autograd.Function):
                 torch.autograd.graph.increment_version(t)  # the kernels wrote them behind autograd's back
             if old is not None:
                 prev.copy = old
-            state = _TraceState(work, _versions(work))
+            state = None  # without a graph there is no backward to keep anything for
             if record:
+                state = _TraceState(work, _versions(work))
                 _pending[key] = weakref.ref(state)
+                if len(_pending) > 256:  # forget trace buffers whose last step's graph is gone
+                    for k in [k for k, r in _pending.items() if r() is None]:
+                        del _pending[k]
         for dst, src in zip(traces, work):
             if dst is not src:  # non-contiguous trace: updated on a contiguous copy, written back
                 dst.copy_(src)

@@ -274,6 +274,20 @@ def test_no_grad_step_still_copies_for_a_pending_backward(gen):
         assert_close(g, rg, torch.float64, f"grad {name}")
 
 
+def test_inference_mode(gen):
+    """Under inference_mode (traces created there have no version counter) the traces still update."""
+    t, traces, reg, noise = _inputs(gen, 2, 4, 3)
+    with torch.inference_mode():
+        ours = tuple(tr.float().clone() for tr in traces)
+        ref = tuple(tr.float().clone() for tr in traces)
+        args = [t[k].float() for k in LEAVES]
+        h = run_triton(eprop_gate_l0rd, *args, ours, reg, noise.float())[0]
+        rh = eprop_gate_l0rd_reference(*args, ref, reg, noise.float())[0]
+    assert_close(h, rh, torch.float32, "h")
+    for name, a, b in zip(eprop.TRACE_NAMES, ours, ref):
+        assert_close(a, b, torch.float32, f"trace {name}")
+
+
 def test_traces_changed_by_someone_else_raise(gen):
     """reset_state() (zeroing the traces) between a step's forward and its backward: an error, not a
     silently wrong gradient."""
