@@ -26,8 +26,12 @@ Triton design (N = slot batch, Hd hidden, I inputs):
   and loops over the batch, so every trace element is read exactly once and the batch sum needs no
   atomics (deterministic); the L0 term is added in the same loop, the bias gradients by the first
   i-tile. When there are few tiles for the SMs (N = 128, Hd = I = 512) the batch is split into parts
-  of >= 16 samples whose fp32 partials a fixed-order sum adds (``batch_splits``). ``_input_grad_kernel`` computes dx and dh_last (``tl.dot``, K = Hd) with the carry term.
-  fp32 accumulation (fp64 for fp64 inputs); ``tl.dot`` on fp32 tiles with input_precision "ieee".
+  of >= 16 samples whose fp32 partials a fixed-order sum adds (``batch_splits``).
+  ``_input_grad_kernel`` computes dx and dh_last (``tl.dot``, K = Hd) with the carry term.
+* fp32 accumulation (fp64 for fp64 inputs); ``tl.dot`` on fp32 tiles with input_precision "ieee",
+  on the half-precision operands themselves for fp16/bf16 (tensor cores).
+* sm_90 (ptxas of triton 3.7.1 and 3.6.0, fp32/bf16/fp16 at the benchmark shapes): 64-128
+  registers, no spills, no stack (``test_compiles_for_sm90_without_spills``).
 
 What the backward keeps of step t's traces (the memory question). The backward of step t needs the
 traces e_t right after its own update; the next step's forward overwrites them in place before this
@@ -47,9 +51,9 @@ Saved bytes per step, fp32, N = 16, Hd = I = 1024 (the formulas ``saved_bytes_up
 step of a chunk and 268.7 MB on the others, so a K = 2 chunk (upstream's schedule) keeps 268.8 MB
 against 571.7 MB (47 %; at N = 128, Hd = I = 512: 538 MB against 1087 MB). K - 1 copies a chunk is the
 least an exact backward can keep: for an arbitrary δ_t, Σ_n δ_t e_t determines e_t, and e_t cannot be
-recovered from e_{t+1} where the gates saturate.
-A trace modified in place by anything else between a step's forward and its
-backward (e.g. ``reset_state``) makes that backward raise instead of silently using wrong traces.
+recovered from e_{t+1} where the gates saturate. A trace modified in place by anything else between a
+step's forward and its backward (e.g. ``reset_state``) makes that backward raise instead of silently
+using wrong traces.
 """
 from __future__ import annotations
 
@@ -207,7 +211,8 @@ if triton is not None:
                            input_precision=PREC, out_dtype=ACC)
             acc_r = tl.dot(u.to(OP), tl.load(wrh_ptr + w_off, mask=w_ok, other=0.0).to(OP), acc_r,
                            input_precision=PREC, out_dtype=ACC)
-        bias_g = tl.load(bg_ptr + j, mask=j_ok, other=0.0).to(ACC) + tl.load(noise_ptr + j, mask=j_ok, other=0.0).to(ACC)
+        bias_g = (tl.load(bg_ptr + j, mask=j_ok, other=0.0).to(ACC)
+                  + tl.load(noise_ptr + j, mask=j_ok, other=0.0).to(ACC))
         g = tl.maximum(_tanh(acc_g + bias_g[None, :]), 0.0)
         r = _tanh(acc_r + tl.load(br_ptr + j, mask=j_ok, other=0.0).to(ACC)[None, :])
         ok = n_ok[:, None] & j_ok[None, :]
@@ -592,8 +597,8 @@ def _check_args(x, h_last, w_gx, w_gh, b_g, w_rx, w_rh, b_r, traces, reg, gate_n
                            ("gate_noise", gate_noise, (hd,))):
         dispatch.check_tensor(name, t, shape=shape)
     if not isinstance(traces, (tuple, list)) or len(traces) != 6:
-        raise ValueError(f"traces: expected a tuple of 6 tensors ({', '.join(TRACE_NAMES)}), received "
-                         f"{type(traces).__name__}" + (f" of length {len(traces)}" if hasattr(traces, '__len__') else ""))
+        got = type(traces).__name__ + (f" of length {len(traces)}" if isinstance(traces, (tuple, list)) else "")
+        raise ValueError(f"traces: expected a tuple of 6 tensors ({', '.join(TRACE_NAMES)}), received {got}")
     shapes = ((n, hd, i), (n, hd, hd), (n, hd), (n, hd, i), (n, hd, hd), (n, hd))
     for k, (name, t, shape) in enumerate(zip(TRACE_NAMES, traces, shapes)):
         dispatch.check_tensor(f"traces[{k}] ({name})", t, shape=shape)

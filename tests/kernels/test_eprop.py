@@ -25,8 +25,10 @@ def _inputs(gen, n, hd, i):
     b_ih, b_hh = (6 / (i + hd)) ** 0.5, (3 / hd) ** 0.5
     t = {"x": torch.randn(n, i, generator=gen, dtype=torch.float64),
          "h_last": uni(n, hd, b=0.9),
-         "w_gx": uni(hd, i, b=b_ih), "w_gh": uni(hd, hd, b=b_hh), "b_g": torch.randn(hd, generator=gen, dtype=torch.float64),
-         "w_rx": uni(hd, i, b=b_ih), "w_rh": uni(hd, hd, b=b_hh), "b_r": torch.randn(hd, generator=gen, dtype=torch.float64)}
+         "w_gx": uni(hd, i, b=b_ih), "w_gh": uni(hd, hd, b=b_hh),
+         "b_g": torch.randn(hd, generator=gen, dtype=torch.float64),
+         "w_rx": uni(hd, i, b=b_ih), "w_rh": uni(hd, hd, b=b_hh),
+         "b_r": torch.randn(hd, generator=gen, dtype=torch.float64)}
     shapes = ((n, hd, i), (n, hd, hd), (n, hd), (n, hd, i), (n, hd, hd), (n, hd))
     traces = tuple(torch.randn(*s, generator=gen, dtype=torch.float64) * 0.5 for s in shapes)
     noise = torch.randn(hd, generator=gen, dtype=torch.float64) * 0.1
@@ -171,10 +173,10 @@ def test_gradient_differs_from_bptt_with_old_traces(gen):
     w = {k: v.clone().requires_grad_() for k, v in t.items()}
     h, _ = eprop_gate_l0rd_reference(*[w[k] for k in LEAVES], tuple(tr.clone() for tr in traces), 0.0, noise)
     (ours,) = torch.autograd.grad(h.sum(), [w["w_gx"]])
-    plain = {k: v.clone().requires_grad_() for k, v in t.items()}
-    g = torch.relu(torch.tanh(plain["x"] @ plain["w_gx"].t() + plain["h_last"] @ plain["w_gh"].t() + plain["b_g"] + noise))
-    r = torch.tanh(plain["x"] @ plain["w_rx"].t() + plain["h_last"] @ plain["w_rh"].t() + plain["b_r"])
-    (true,) = torch.autograd.grad((g * r + (1 - g) * plain["h_last"]).sum(), [plain["w_gx"]])
+    p = {k: v.clone().requires_grad_() for k, v in t.items()}  # the cell in plain autograd
+    g = torch.relu(torch.tanh(p["x"] @ p["w_gx"].t() + p["h_last"] @ p["w_gh"].t() + p["b_g"] + noise))
+    r = torch.tanh(p["x"] @ p["w_rx"].t() + p["h_last"] @ p["w_rh"].t() + p["b_r"])
+    (true,) = torch.autograd.grad((g * r + (1 - g) * p["h_last"]).sum(), [p["w_gx"]])
     expect = true + (traces[0] * (1 - g.detach()).unsqueeze(2)).sum(0)  # + the decayed old trace
     assert torch.allclose(ours, expect, atol=1e-12)
 
@@ -440,7 +442,8 @@ def test_bench_cases():
 
     gpu = bench.cases(quick=False, device=torch.device("cuda"))
     assert [(c.shape["N"], c.shape["Hd"], c.shape["I"]) for c in gpu] == [(16, 1024, 1024), (128, 512, 512)]
-    assert [(c.shape["N"], c.shape["Hd"], c.shape["I"]) for c in bench.cases(True, torch.device("cuda"))] == [(16, 1024, 1024)]
+    quick = bench.cases(True, torch.device("cuda"))
+    assert [(c.shape["N"], c.shape["Hd"], c.shape["I"]) for c in quick] == [(16, 1024, 1024)]
     n, hd, i = 16, 1024, 1024
     trace = n * hd * (2 * i + 2 * hd + 2)
     weights = 2 * hd * (i + hd) + 2 * hd
@@ -503,7 +506,10 @@ class Recorder:
             warps = kw.pop("num_warps")
             sig = {}
             for name, a in zip(self.fn.arg_names, args):
-                sig[name] = "*" + TYPES[a.dtype] if isinstance(a, torch.Tensor) else ("fp32" if isinstance(a, float) else "i32")
+                if isinstance(a, torch.Tensor):
+                    sig[name] = "*" + TYPES[a.dtype]
+                else:
+                    sig[name] = "fp32" if isinstance(a, float) else "i32"
             for name in kw:
                 sig[name] = "constexpr"
             key = (self.fn.__name__, json.dumps(sig, sort_keys=True), repr(sorted(kw.items())), warps)
@@ -525,7 +531,8 @@ for dtype in (torch.float32, torch.bfloat16, torch.float16):
         x, h = meta(n, i, dtype=dtype), meta(n, hd, dtype=dtype)
         w = [meta(hd, i, dtype=dtype), meta(hd, hd, dtype=dtype), meta(hd, dtype=dtype),
              meta(hd, i, dtype=dtype), meta(hd, hd, dtype=dtype), meta(hd, dtype=dtype)]
-        traces = tuple(meta(*s, dtype=dtype) for s in ((n, hd, i), (n, hd, hd), (n, hd), (n, hd, i), (n, hd, hd), (n, hd)))
+        shapes = ((n, hd, i), (n, hd, hd), (n, hd), (n, hd, i), (n, hd, hd), (n, hd))
+        traces = tuple(meta(*s, dtype=dtype) for s in shapes)
         for old in (None, tuple(torch.empty_like(t) for t in traces)):
             E._forward_triton(x, h, *w, meta(hd, dtype=dtype), traces, old)
         g = meta(n, hd, dtype=torch.float32)
@@ -535,7 +542,8 @@ for dtype in (torch.float32, torch.bfloat16, torch.float16):
 ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
 rows = []
 for (name, _, consts, warps), (fn, sig, kw, warps) in sorted(launches.items(), key=lambda kv: kv[0]):
-    k = triton.compile(ASTSource(fn, sig, constexprs=kw), target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+    k = triton.compile(ASTSource(fn, sig, constexprs=kw), target=GPUTarget("cuda", 90, 32),
+                       options={"num_warps": warps})
     with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
         f.write(k.asm["ptx"])
     log = subprocess.run([ptxas, "-arch=sm_90a", "-v", f.name, "-o", os.devnull], capture_output=True, text=True)
