@@ -620,7 +620,9 @@ def eprop_gate_l0rd(x: torch.Tensor, h_last: torch.Tensor, w_gx: torch.Tensor, w
         w_gx, w_gh, b_g: gate weights (Hd, I), (Hd, Hd) and bias (Hd,).
         w_rx, w_rh, b_r: candidate weights (Hd, I), (Hd, Hd) and bias (Hd,).
         traces: (e_gx (N, Hd, I), e_gh (N, Hd, Hd), e_bg (N, Hd), e_rx (N, Hd, I), e_rh (N, Hd, Hd),
-            e_br (N, Hd)), updated in place on every call (also under ``no_grad``).
+            e_br (N, Hd)), updated in place on every call (also under ``no_grad``). Pass the same
+            buffers every step (a module's): a step's backward then keeps a copy of them only if a
+            later step overwrote them first (module docstring).
         reg: λ, the weight of the L0 surrogate (a python number).
         gate_noise: (Hd,) noise added to the gate pre-activation, drawn by the caller.
     Returns:

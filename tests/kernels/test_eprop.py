@@ -148,6 +148,26 @@ def test_zero_reg_and_no_noise_are_inputs_not_constants(gen):
     assert (h2 - h0).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("wanted", [("x",), ("h_last",), ("w_gh", "b_r"), ("w_rx",), ("b_g",)])
+def test_partial_gradients(gen, wanted):
+    """Only some leaves take gradients (e.g. a frozen layer): those are right, the others stay None."""
+    t64, traces, reg, noise = _inputs(gen, 3, 5, 4)
+    gout = torch.randn(3, 5, generator=gen, dtype=torch.float64)
+    out = []
+    for fn, dt, run in ((eprop_gate_l0rd, torch.float32, run_triton),
+                        (eprop_gate_l0rd_reference, torch.float64, run_reference)):
+        t = {k: v.float().to(dt).requires_grad_(k in wanted) for k, v in t64.items()}
+        trs = tuple(tr.float().to(dt).clone() for tr in traces)
+
+        def fwd_bwd():
+            h, _ = fn(*[t[k] for k in LEAVES], trs, reg, noise.float().to(dt))
+            return torch.autograd.grad(h, [t[k] for k in wanted], gout.to(dt))
+
+        out.append(run(fwd_bwd))
+    for name, g, rg in zip(wanted, *out):
+        assert_close(g, rg, torch.float32, f"grad {name}")
+
+
 def test_gradients_are_exact_from_zero_traces(gen):
     """Independent oracle: with zero traces (the state after reset_state) and λ = 0, one step's hybrid
     gradient is the true gradient of h, so autograd's gradcheck applies to both implementations."""
