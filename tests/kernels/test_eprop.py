@@ -54,14 +54,15 @@ def _check(t64, traces64, reg, noise64, dtype, *, grad_out=None, prep=lambda nam
     gen = torch.Generator().manual_seed(n * 1000 + hd)
     grad_out = torch.randn(n, hd, generator=gen, dtype=torch.float64) if grad_out is None else grad_out
     ours = {k: prep(k, v.to(device=device, dtype=dtype).requires_grad_()) for k, v in t64.items()}
-    ref = {k: v.to(dtype).double().requires_grad_() for k, v in t64.items()}
+    # The reference runs on the same device (float64 on a GPU keeps the large gpu cases quick).
+    ref = {k: v.to(dtype).to(device=device, dtype=torch.float64).requires_grad_() for k, v in t64.items()}
     # Clones: .to() of a tensor already in the dtype returns it, and both runs update in place.
     tr_ours = tuple(prep("trace", tr.to(device=device, dtype=dtype).clone()) for tr in traces64)
-    tr_ref = tuple(tr.to(dtype).double().clone() for tr in traces64)
+    tr_ref = tuple(tr.to(dtype).to(device=device, dtype=torch.float64).clone() for tr in traces64)
     h, op, grads = _step(eprop_gate_l0rd, ours, tr_ours, reg, noise64.to(device=device, dtype=dtype),
                          grad_out.to(device), run_triton)
-    rh, rop, rgrads = _step(eprop_gate_l0rd_reference, ref, tr_ref, reg, noise64.to(dtype).double(), grad_out,
-                            run_reference)
+    rh, rop, rgrads = _step(eprop_gate_l0rd_reference, ref, tr_ref, reg,
+                            noise64.to(dtype).to(device=device, dtype=torch.float64), grad_out.to(device), run_reference)
     assert h.dtype == dtype and op.dtype == dtype and op.dim() == 0 and not op.requires_grad
     assert_close(h, rh, dtype, "h")
     assert_close(op, rop, dtype, "openings")
@@ -494,7 +495,7 @@ def test_gpu_recursion(gen, dtype):
     gouts = [torch.randn(n, hd, generator=gen, dtype=torch.float64) for _ in range(3)]
     out = []
     for fn, backend, dt, dev in ((eprop_gate_l0rd, "triton", dtype, "cuda"),
-                                 (eprop_gate_l0rd_reference, "reference", torch.float64, "cpu")):
+                                 (eprop_gate_l0rd_reference, "reference", torch.float64, "cuda")):
         t = {k: v.to(dtype).to(device=dev, dtype=dt).requires_grad_() for k, v in t64.items()}
         xs = [x.to(dtype).to(device=dev, dtype=dt).requires_grad_() for x in xs64]
         traces = tuple(tr.to(dtype).to(device=dev, dtype=dt).clone() for tr in traces64)
