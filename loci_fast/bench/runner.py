@@ -20,7 +20,7 @@ import torch
 
 from .case import DTYPE_NAMES, TOLERANCE, BenchCase, as_tuple, cast_inputs, grad_leaves
 
-OPS = ("gaussian", "composite", "hyperconv")
+OPS = ("gaussian", "composite", "hyperconv", "eprop")
 Timer = Callable[[Callable[[], Any]], float]  # returns a median time in milliseconds
 
 
