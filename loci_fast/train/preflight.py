@@ -125,11 +125,11 @@ def training_patterns(cfg, data_flag: list[str] | None) -> list[str]:
 # match all of them (the config itself is compared by hash).
 FINGERPRINT_FLAGS = {
     "stage": "--stage (or the config's pretraining_mode)",
+    "world_size": "the number of ranks (the launcher's --num_gpus / --nproc_per_node)",
     "seed": "--seed",
     "data": "--data (or data.train)",
     "num_workers": "--workers (or num_workers)",
     "deepspeed": "--deepspeed",
-    "world_size": "the number of ranks (the launcher's --num_gpus / --nproc_per_node)",
     "kernel_backend": "LOCI_FAST_KERNELS (or kernels.backend)",
 }
 
@@ -150,6 +150,14 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
+def _difference(key: str, saved: Any, mine: Any) -> str:
+    if isinstance(saved, dict) and isinstance(mine, dict):
+        keys = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+        parts = [f"{k}: {_describe(saved.get(k))} there, {_describe(mine.get(k))} now" for k in keys[:3]]
+        return f"another {key} config ({'; '.join(parts)})"
+    return f"{key} = {_describe(saved)}, this run has {_describe(mine)}"
+
+
 def compare_fingerprint(saved: dict[str, Any], mine: dict[str, Any], what: str) -> None:
     """TrainError naming the first setting that differs from the checkpoint's, and the fix."""
     if not saved:
@@ -157,10 +165,10 @@ def compare_fingerprint(saved: dict[str, Any], mine: dict[str, Any], what: str) 
                          f"loci-fast: start a new run with --init-from {what}")
     for key, flag in FINGERPRINT_FLAGS.items():
         if saved.get(key) != mine.get(key):
-            raise TrainError(f"cannot resume {what}: it was trained with {key} = "
-                             f"{_describe(saved.get(key))}, this run has {_describe(mine.get(key))}; "
-                             f"resume with the same {flag}, or start a new run in another --out "
-                             f"(with --init-from {what} to keep the weights)")
+            raise TrainError(f"cannot resume {what}: it was trained with "
+                             f"{_difference(key, saved.get(key), mine.get(key))}; resume with the "
+                             f"same {flag}, or start a new run in another --out (with --init-from "
+                             f"{what} to keep the weights)")
 
 
 def _verified(ckpt_dir: Path, tag: str) -> str | None:

@@ -160,7 +160,7 @@ def test_partial_gradients(gen, wanted):
         t = {k: v.float().to(dt).requires_grad_(k in wanted) for k, v in t64.items()}
         trs = tuple(tr.float().to(dt).clone() for tr in traces)
 
-        def fwd_bwd():
+        def fwd_bwd(fn=fn, t=t, trs=trs, dt=dt):
             h, _ = fn(*[t[k] for k in LEAVES], trs, reg, noise.float().to(dt))
             return torch.autograd.grad(h, [t[k] for k in wanted], gout.to(dt))
 
