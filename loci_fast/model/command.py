@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", metavar="IN.ckpt", help="upstream checkpoint file")
     p.add_argument("--config", required=True, metavar="CFG",
                    help="the config the checkpoint was trained with (upstream JSON or ours)")
-    p.add_argument("--kind", default="pretrainer", choices=("pretrainer",),
+    p.add_argument("--kind", default="pretrainer", choices=("pretrainer", "background"),
                    help="which upstream module the checkpoint holds (default: %(default)s)")
     p.add_argument("--out", required=True, metavar="OUT", help="output file: *.safetensors or a torch file (.pt)")
     p.set_defaults(func=run)
@@ -52,6 +52,7 @@ def load_upstream_checkpoint(path: str) -> dict:
 def run(args: argparse.Namespace) -> int:
     from loci_fast.config import ConfigError, load_config
 
+    from .background import BackgroundPretrainer
     from .pretrainer import LociPretrainer
     from .upstream import convert_state_dict
 
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         state = load_upstream_checkpoint(args.checkpoint)
-        model = LociPretrainer(model_cfg)
+        model = BackgroundPretrainer.from_config(model_cfg) if args.kind == "background" else LociPretrainer(model_cfg)
         converted = convert_state_dict(state, kind=args.kind, model=model)
         model.load_state_dict(converted, strict=True)
     except ValueError as err:
