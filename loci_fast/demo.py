@@ -147,8 +147,8 @@ def evaluate(stage: DemoStage, out: Path, val: str, batches: int = 2) -> None:
     from loci_fast.model.pretrainer import LociPretrainer, iou_per_sample
     from loci_fast.train import checkpoint as ckpt
     from loci_fast.train.logs import image_grid
-    from loci_fast.train.stages import LOGGED
-    from loci_fast.train.stage import get_stage
+    from loci_fast.train.stages.objects import LOGGED
+    from loci_fast.train.stages import get_stage
 
     weights, client = ckpt.module_weights(out / stage.name)
     cfg = load_config(client["config"])

@@ -54,7 +54,7 @@ def measure(config: str | Path, backend: str, *, steps: int = 20, warmup: int = 
     from loci_fast.config import load_config
     from loci_fast.kernels import use_backend
     from loci_fast.train.ranger import Ranger
-    from loci_fast.train.stage import get_stage, stage_from_config
+    from loci_fast.train.stages import get_stage, stage_from_config
 
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")

@@ -8,6 +8,7 @@ marks real items), ``on_error`` ("raise" or "skip") and returns a ``StreamLoader
 """
 from __future__ import annotations
 
+import signal
 from typing import Any, Iterator
 
 import torch
@@ -27,6 +28,25 @@ def _dist(rank: int | None, world_size: int | None) -> tuple[int, int]:
                     dist.get_world_size() if world_size is None else world_size)
         return rank or 0, world_size or 1
     return rank, world_size
+
+
+def ignore_stop_signals(_worker_id: int) -> None:
+    """Workers leave SIGTERM/SIGINT to the main process: launchers signal the whole process group,
+    and a worker that died of it would take the batches the main process needs to stop cleanly."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def worker_order(worker_batches: list[int]) -> list[int]:
+    """The worker of each batch of an epoch, in the order a DataLoader yields them: round robin
+    over the workers, passing over those that have produced all their batches."""
+    left, order = list(worker_batches), []
+    while any(left):
+        for w, n in enumerate(left):
+            if n:
+                order.append(w)
+                left[w] -= 1
+    return order
 
 
 class StreamLoader:
@@ -82,11 +102,12 @@ class StreamLoader:
             stream.skip[partial["worker"]] -= 1
         kwargs: dict[str, Any] = {}
         if self.num_workers:
-            kwargs.update(persistent_workers=False, prefetch_factor=self.prefetch_factor or 2)
+            kwargs.update(persistent_workers=False, prefetch_factor=self.prefetch_factor or 2,
+                          worker_init_fn=ignore_stop_signals)
         loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=self.num_workers, **kwargs)
         it = iter(loader)
         try:
-            yield from self._consume(it, partial)
+            yield from self._consume(self._in_epoch_order(it, partial), partial)
         finally:
             # Stop worker processes now, not whenever a traceback holding `it` dies: workers forked
             # later would inherit the live iterator and stall at exit.
@@ -96,6 +117,31 @@ class StreamLoader:
         self.epoch += 1
         self._skipped_before += sum(self._skipped.values())
         self._consumed, self._skipped, self._partial = {}, {}, None
+
+    def _in_epoch_order(self, it: Iterator[dict[str, Any]],
+                        partial: dict[str, int] | None) -> Iterator[dict[str, Any]]:
+        """``it``'s batches in the order an uninterrupted epoch yields them.
+
+        A fresh DataLoader starts its round robin at worker 0; after a resume the epoch continues
+        at another worker, so batches that arrive early wait for their turn.
+        """
+        if self.num_workers <= 1:
+            yield from it
+            return
+        order = worker_order(list(self.stream.worker_batches))
+        done = sum(self._consumed.values())
+        expected = order[done:]
+        if partial:  # the cut-short group comes again first: it was the last one consumed
+            expected = [partial["worker"]] + expected
+        waiting: dict[int, list[dict[str, Any]]] = {}
+        position = 0
+        for batch in it:
+            waiting.setdefault(int(batch["_worker"]), []).append(batch)
+            while position < len(expected) and waiting.get(expected[position]):
+                yield waiting[expected[position]].pop(0)
+                position += 1
+        for w in sorted(waiting):  # nothing should be left; never drop a batch silently
+            yield from waiting[w]
 
     def _consume(self, it: Iterator[dict[str, Any]], partial: dict[str, int] | None) -> Iterator[dict[str, Any]]:
         """Book-keep each batch (worker, consumed count, skips) and expand TBPTT groups."""

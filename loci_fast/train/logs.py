@@ -70,8 +70,10 @@ class RunLogger:
     """Rank 0 writes; other ranks hold a logger that does nothing."""
 
     def __init__(self, out: Path, *, rank: int, start_step: int, max_steps: int | None,
-                 samples_per_step: int, progress: bool = True, tensorboard: bool = True) -> None:
+                 samples_per_step: int, progress: bool = True, tensorboard: bool = True,
+                 constants: dict[str, Any] | None = None) -> None:
         self.active = rank == 0
+        self.constants = dict(constants or {})  # written into every record (e.g. the kernels)
         self.out = Path(out)
         self.samples_per_step = samples_per_step
         self._last_time = time.perf_counter()
@@ -101,7 +103,8 @@ class RunLogger:
         now = time.perf_counter()
         rate = self.samples_per_step * (step - self._last_step) / max(now - self._last_time, 1e-9)
         self._last_time, self._last_step = now, step
-        record = {"step": step, **scalars, "samples_per_s": rate, "time": time.time()}
+        record = {"step": step, **scalars, "samples_per_s": rate, "time": time.time(),
+                  **self.constants}
         self.metrics.write(json.dumps(record) + "\n")
         if self.tb is not None:
             for key, value in scalars.items():

@@ -38,7 +38,10 @@ class UntouchedGradients:
         Returns how many parameters were dropped."""
         flags = self.touched.clone()
         if dist.is_available() and dist.is_initialized():
+            if torch.cuda.is_available():  # NCCL reduces CUDA tensors only
+                flags = flags.cuda()
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            flags = flags.cpu()
         dropped = 0
         for param, flag in zip(self.params, flags.tolist()):
             if not flag and param.grad is not None:

@@ -102,27 +102,39 @@ def test_training_counts_determinism_and_seeds(synth_shards):
     assert len(object_crops(synth_shards, batch_size=4, size=(16, 16), world_size=2, rank=0)) == n_items // 8
 
 
-def test_resume_continues_without_replay(synth_shards):
-    def make():
-        return object_crops(synth_shards, batch_size=3, size=(16, 16), epoch_batches=7, num_workers=2, seed=4)
+@pytest.mark.parametrize("num_workers,stops", [(2, (1, 2, 3, 4, 5)), (3, (1, 4))])
+def test_resume_continues_in_order_without_replay(synth_shards, num_workers, stops):
+    # The order matters (a resumed run must train on the same sequence of batches), so the
+    # batches are compared as a sequence at every stop point, including mid-round-robin ones.
+    def make(workers=num_workers):
+        return object_crops(synth_shards, batch_size=3, size=(16, 16), epoch_batches=7, num_workers=workers, seed=4)
 
     full = make()
     whole = _fingerprints(list(full), ["frame", "instance"]) + _fingerprints(list(full), ["frame", "instance"])
-    first = make()
-    it = iter(first)
-    head = [next(it) for _ in range(3)]
-    state = first.state_dict()
-    del it
-    second = make()
-    second.load_state_dict(state)
-    rest = list(second)
-    nxt = list(second)  # the following epoch
-    got = _fingerprints(head, ["frame", "instance"]) + _fingerprints(rest, ["frame", "instance"])
-    assert len(head) + len(rest) == 7 and len(nxt) == 7
-    assert Counter(got) == Counter(whole[:21])  # nothing replayed, nothing lost
-    assert _fingerprints(nxt, ["frame", "instance"]) == whole[21:]
+    for stop in stops:
+        first = make()
+        it = iter(first)
+        head = [next(it) for _ in range(stop)]
+        state = first.state_dict()
+        del it
+        second = make()
+        second.load_state_dict(state)
+        rest = list(second)
+        nxt = list(second)  # the following epoch
+        got = _fingerprints(head, ["frame", "instance"]) + _fingerprints(rest, ["frame", "instance"])
+        assert len(head) + len(rest) == 7 and len(nxt) == 7
+        assert got == whole[:21], f"stop after {stop} batches"  # same order, nothing replayed or lost
+        assert _fingerprints(nxt, ["frame", "instance"]) == whole[21:]
     with pytest.raises(ValueError, match="num_workers"):
-        object_crops(synth_shards, batch_size=3, size=(16, 16), epoch_batches=7, num_workers=1).load_state_dict(state)
+        make(workers=1).load_state_dict(state)
+
+
+def test_worker_order_is_the_dataloader_round_robin():
+    from loci_fast.data.loaders import worker_order
+
+    assert worker_order([3, 2]) == [0, 1, 0, 1, 0]
+    assert worker_order([1, 3, 2]) == [0, 1, 2, 1, 2, 1]
+    assert worker_order([0, 2]) == [1, 1]
 
 
 def test_tbptt_chunks_schedule_and_resume_inside_a_group(synth_shards):

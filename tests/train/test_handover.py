@@ -7,7 +7,7 @@ from loci_fast.config import load_config
 from loci_fast.model.pretrainer import LociPretrainer
 from loci_fast.train.errors import TrainError
 from loci_fast.train.handover import init_from
-from loci_fast.train.stage import get_stage
+from loci_fast.train.stages import get_stage
 
 CFG = "configs/demo/pretrain-encoder-decoder-stage1.json"
 

@@ -64,7 +64,7 @@ def test_resume_with_another_config_is_refused(finished, capsys):
 def test_init_from_checkpoint_of_the_same_stage_and_refusals(finished, capsys):
     tmp, cfg, shards, out = finished
     from loci_fast.train.handover import init_from
-    from loci_fast.train.stage import get_stage
+    from loci_fast.train.stages import get_stage
     from tests.train.toy_stage import ToyModel
 
     model = ToyModel(64)
@@ -90,7 +90,7 @@ def test_non_finite_losses_stop_with_a_checkpoint(tmp_path):
     proc = run(launcher("python") + argv)
     assert proc.returncode == 2
     # Batches 0-2 train (steps 1-3); batches 3, 4, 5 are non-finite: skipped, then the stop.
-    assert "3 non-finite losses in a row, the last at step 4" in proc.stderr, proc.stderr[-2000:]
+    assert "3 non-finite steps in a row, the last at step 4" in proc.stderr, proc.stderr[-2000:]
     assert ckpt.latest_tag(out / "checkpoints") == "step_00000003"
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3]
 

@@ -8,7 +8,7 @@ import torch
 
 from loci_fast.config import load_config
 from loci_fast.model.pretrainer import LociPretrainer
-from loci_fast.train.stage import get_stage
+from loci_fast.train.stages import get_stage
 
 CONFIGS = {"mask": "pretrain-mask-decoder", "depth": "pretrain-depth-decoder", "rgb": "pretrain-rgb-decoder",
            "stage1": "pretrain-encoder-decoder-stage1", "stage2": "pretrain-encoder-decoder-stage2"}

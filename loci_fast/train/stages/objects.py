@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .stage import Stage, StepOutput, register
+from .base import Stage, StepOutput
 
 LOGGED = ("mask_loss", "rgb_loss", "depth_loss", "position_loss", "z_loss", "mean_iou")
 
@@ -60,7 +60,7 @@ class ObjectStage(Stage):
                             augment=True, training=True,
                             prefetch_factor=cfg["prefetch_factor"] if num_workers else None)
 
-    def forward(self, model, batch: dict[str, Any]) -> StepOutput:
+    def forward(self, model, batch: dict[str, Any], state: Any = None) -> StepOutput:
         out = model(batch["rgb"], batch["depth"], batch["mask"], self.iterations, self.mode)
         metrics = {k: out[k] for k in LOGGED if isinstance(out.get(k), torch.Tensor)}
         return StepOutput(out["loss"], metrics, self.images(batch, out))
@@ -104,8 +104,8 @@ def _hypernetwork_only(param_name: str) -> bool:
 
 ENCODER_DECODER = ("encoder.", "decoder.", "std", "depth")
 
-MASK = register(ObjectStage("mask", "mask", 0, ("mask_pretrainer.",)))
-DEPTH = register(ObjectStage("depth", "depth", 0, ("depth_pretrainer.",)))
-RGB = register(ObjectStage("rgb", "rgb", 0, ("rgb_pretrainer.",)))
-STAGE1 = register(ObjectStage("stage1", "all", 0, ENCODER_DECODER, uses_hypernetwork=False))
-STAGE2 = register(ObjectStage("stage2", "all", 3, ENCODER_DECODER))
+MASK = ObjectStage("mask", "mask", 0, ("mask_pretrainer.",))
+DEPTH = ObjectStage("depth", "depth", 0, ("depth_pretrainer.",))
+RGB = ObjectStage("rgb", "rgb", 0, ("rgb_pretrainer.",))
+STAGE1 = ObjectStage("stage1", "all", 0, ENCODER_DECODER, uses_hypernetwork=False)
+STAGE2 = ObjectStage("stage2", "all", 3, ENCODER_DECODER)

@@ -1,0 +1,61 @@
+"""The stages ``loci-fast train`` can run, by name: an explicit table, one module per family.
+
+``BUILTIN`` maps each name to the module attribute holding its ``Stage``; modules are imported
+only when their stage is asked for. ``--stage package.module:NAME`` loads a stage from anywhere
+(how the tests plug in toy stages, and how a user can add one without editing this table).
+"""
+from __future__ import annotations
+
+import importlib
+
+from ..errors import TrainError
+from .base import BatchStream, Stage, StepOutput
+
+__all__ = ["BUILTIN", "BatchStream", "Stage", "StepOutput", "available", "get_stage",
+           "stage_from_config"]
+
+BUILTIN: dict[str, str] = {
+    # Object pretraining (reference §15, §17.3): LociPretrainer on single-object crops.
+    "mask": "loci_fast.train.stages.objects:MASK",
+    "depth": "loci_fast.train.stages.objects:DEPTH",
+    "rgb": "loci_fast.train.stages.objects:RGB",
+    "stage1": "loci_fast.train.stages.objects:STAGE1",
+    "stage2": "loci_fast.train.stages.objects:STAGE2",
+}
+
+
+def available() -> list[str]:
+    """Names of the built-in stages."""
+    return sorted(BUILTIN)
+
+
+def _load(spec: str, what: str) -> Stage:
+    module_name, _, attr = spec.partition(":")
+    try:
+        stage = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise TrainError(f"{what}: cannot load {spec} ({err})") from None
+    if not isinstance(stage, Stage):
+        raise TrainError(f"{what}: {spec} is a {type(stage).__name__}, not a Stage")
+    return stage
+
+
+def get_stage(name: str) -> Stage:
+    """The stage called ``name``, or ``package.module:ATTRIBUTE`` for a stage defined elsewhere."""
+    if ":" in name:
+        return _load(name, f"--stage {name}")
+    if name not in BUILTIN:
+        raise TrainError(f"unknown stage {name!r}; known stages: {', '.join(available())}, or "
+                         f"package.module:ATTRIBUTE")
+    return _load(BUILTIN[name], f"stage {name}")
+
+
+def stage_from_config(cfg) -> str:
+    """Upstream's rule: the stage follows from pretraining_mode and pretrainer_iterations."""
+    mode, iterations = cfg["pretraining_mode"], int(cfg["pretrainer_iterations"])
+    if mode in ("mask", "depth", "rgb"):
+        return mode
+    if mode == "all":
+        return "stage1" if iterations == 0 else "stage2"
+    raise TrainError(f"pretraining_mode={mode!r} has no trainer stage; pass --stage "
+                     f"({', '.join(available())})")
