@@ -70,6 +70,30 @@ class BackgroundStage(Stage):
         metrics = {k: out[k] for k in LOGGED}
         return StepOutput(out["loss"], metrics, self.images(batch, out))
 
+    def example_batch(self, cfg, device: torch.device, dtype: torch.dtype, seed: int = 0) -> dict[str, Any]:
+        """A synthetic frame-pair batch of the config's size (for ``bench --train-step``): a smooth
+        background with a square object that moves between the frames, depth when the config inputs
+        depth, fg masks, and a moving camera (Δt != 0) for half the samples so the motion path runs."""
+        from loci_fast.data.views.frame_pairs import LOSS_SETTINGS
+
+        gen = torch.Generator().manual_seed(seed)
+        b, (h, w) = int(cfg["model"]["batch_size"]), (int(s) for s in cfg["model"]["input_size"])
+        yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+        batch: dict[str, Any] = {}
+        for name, shift in (("source", 0), ("target", w // 8)):
+            fg = torch.zeros(b, 1, h, w)
+            fg[:, :, h // 4:h // 2, w // 4 + shift:w // 2 + shift] = 1
+            tint = torch.rand(b, 3, 1, 1, generator=gen)
+            batch[f"{name}_rgb"] = (0.5 * tint + 0.25 * (xx + yy)[None, None] * (1 - fg) + 0.8 * fg).clamp(0, 1)
+            batch[f"{name}_depth"] = (0.3 + 0.5 * yy[None, None] - 0.2 * fg).expand(b, 1, h, w).clone()
+            batch[f"{name}_fg"] = fg
+        if not cfg["model"]["input_depth"]:
+            batch["source_depth"] = batch["target_depth"] = -torch.ones(b, 1, h, w)
+        batch.update(dt=(torch.arange(b) % 2).float() * 3, use_depth=torch.full((b,), bool(cfg["model"]["input_depth"])),
+                     use_fg=torch.ones(b, dtype=torch.bool))
+        batch.update({k: torch.full((b,), float(v)) for k, v in LOSS_SETTINGS.items()})
+        return {k: v.to(device=device, dtype=dtype if v.is_floating_point() else None) for k, v in batch.items()}
+
     def images(self, batch: dict[str, Any], out: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Rows of the PNG grid: source, target, the target's uncertainty, the loss region, and the
         reconstructed background RGB and depth (beside the target depth)."""
