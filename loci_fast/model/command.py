@@ -69,19 +69,22 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    save(converted, args.out)
+    # A converted background names its stage, so `loci-fast train --init-from` loads it one-to-one into a
+    # background run (pretrainer conversions stay unnamed: "upstream", see loci_fast.train.handover).
+    save(converted, args.out, {"format": "loci-fast", "stage": "background", "source": "upstream"}
+         if args.kind == "background" else None)
     n = sum(t.numel() for t in converted.values())
     print(f"wrote {args.out}: {len(converted)} tensors, {n:,} values (kind {args.kind})")
     return 0
 
 
-def save(state: dict, path: str) -> None:
-    """Write a state dict as .safetensors (by extension) or with torch.save."""
+def save(state: dict, path: str, metadata: dict[str, str] | None = None) -> None:
+    """Write a state dict as .safetensors (by extension, with ``metadata``) or with torch.save."""
     import torch
 
     if path.endswith(".safetensors"):
         from safetensors.torch import save_file
 
-        save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, path)
+        save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, path, metadata=metadata)
     else:
         torch.save(state, path)

@@ -134,3 +134,21 @@ def test_checkpoint_of_upstreams_own_module(tmp_path, capsys, depth):
     assert to_upstream_layout(ours.state_dict()).keys() == theirs.keys()
     for k, v in to_upstream_layout(ours.state_dict()).items():
         assert torch.equal(v, theirs[k]), k
+
+
+def test_imported_background_initialises_a_background_run(tmp_path, capsys):
+    """The converted file names its stage, so ``--init-from`` loads it whole into a background run."""
+    from loci_fast.train.handover import init_from
+    from loci_fast.train.stages import get_stage
+
+    model = randomised(True)
+    ckpt = tmp_path / "bg.ckpt"
+    torch.save({"state_dict": to_upstream_layout(model.state_dict())}, ckpt)
+    out = tmp_path / "bg.safetensors"
+    assert cli_main(["import-upstream", str(ckpt), "--config", CONFIGS[True], "--kind", "background",
+                     "--out", str(out)]) == 0
+    capsys.readouterr()
+    fresh = BackgroundPretrainer.from_config(load_config(CONFIGS[True])["model"])
+    report = init_from(fresh, get_stage("background"), [str(out)])
+    assert "stage background" in report[0] and report[-1].startswith(f"init-from: {len(model.state_dict())} of")
+    equal_states(model.state_dict(), fresh.state_dict())
