@@ -27,6 +27,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PYTEST) -m "not gpu" -q
 
+# Skips the tests marked slow (real multi-rank launches, fault injection): a quick check.
 test-fast: $(STAMP)
 	$(PYTEST) -m "not gpu and not slow" -q
 
@@ -36,8 +37,9 @@ test-gpu: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/loci-fast bench
 
+# ruff (pinned in requirements.txt, rules in ruff.toml); CI runs it before the tests.
 lint: $(STAMP)
-	$(BIN)/python -m pyflakes kernels loci_fast tests bench 2>/dev/null || $(BIN)/python -m compileall -q kernels loci_fast tests bench
+	$(BIN)/ruff check .
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

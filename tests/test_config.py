@@ -191,12 +191,34 @@ def test_choice_suggests_closest_option():
     assert err.suggestion == "triton" and "auto" in str(err)
 
 
-def test_compat_is_a_mapping_of_bools():
-    cfg = load_config(minimal(), overrides={"model.compat": {"prioritize_noise": False, "anything": True}})
-    assert cfg.model.compat == {"prioritize_noise": False, "anything": True}
+def test_compat_is_a_mapping_of_known_flags_to_bools():
+    from loci_fast.model.compat import COMPAT_FLAGS
+
+    names = sorted(COMPAT_FLAGS)
+    cfg = load_config(minimal(), overrides={"model.compat": {names[0]: False, names[-1]: True}})
+    assert cfg.model.compat == {names[0]: False, names[-1]: True}
     assert raises(minimal(), overrides={"model.compat.prioritize_noise": 0}).key_path == \
         "model.compat.prioritize_noise"
     assert raises(minimal(), overrides={"model.compat": ["prioritize_noise"]}).key_path == "model.compat"
+
+
+@pytest.mark.parametrize("flag", ["prioritize_noise", "hyper_slices_from_start"])
+def test_unknown_compat_flag_is_refused_with_the_closest_name(tmp_path, flag):
+    import random
+
+    chars = list(flag)  # a typo: two neighbouring letters swapped at a random place
+    i = random.randrange(len(chars) - 1)
+    while chars[i] == chars[i + 1]:
+        i = random.randrange(len(chars) - 1)
+    chars[i], chars[i + 1] = chars[i + 1], chars[i]
+    typo = "".join(chars)
+    err = raises(minimal(), overrides={f"model.compat.{typo}": False})
+    assert err.key_path == f"model.compat.{typo}" and err.suggestion == flag
+    assert f"did you mean {flag!r}" in str(err) and "unknown compat flag" in str(err)
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({**minimal(), "model": {**minimal()["model"], "compat": {"anything": True}}}))
+    with pytest.raises(ConfigError, match="cfg.json: model.compat.anything: unknown compat flag"):
+        load_config(path)
 
 
 def test_data_entry_needs_exactly_one_source():
@@ -271,7 +293,7 @@ def test_attribute_item_in_get():
     assert cfg.model.input_size == [64, 96] and cfg.model.input_size == (64, 96)
     assert dict(**cfg.model.encoder) == {"channels": 32, "blocks": [1, 1, 3, 2], "hyper_channels": 256}
     with pytest.raises(AttributeError, match=r"model\.num_slot: no such key; did you mean 'num_slots'"):
-        cfg.model.num_slot
+        _ = cfg.model.num_slot
     with pytest.raises(KeyError, match="model.gestalt"):
         cfg["model"]["gestalt"]
     assert not hasattr(cfg.model, "nope")
@@ -317,7 +339,7 @@ def test_to_dict_is_input_plus_defaults():
 
 
 def test_pickle_and_deepcopy():
-    cfg = load_config(minimal(), overrides={"model.compat.x": True})
+    cfg = load_config(minimal(), overrides={"model.compat.prioritize_noise": False})
     for clone in (pickle.loads(pickle.dumps(cfg)), copy.deepcopy(cfg), pickle.loads(pickle.dumps(cfg.model))):
         assert clone.to_dict() == (cfg.to_dict() if isinstance(clone, Config) else cfg.model.to_dict())
     assert pickle.loads(pickle.dumps(cfg)).hash() == cfg.hash()

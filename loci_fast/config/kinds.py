@@ -164,18 +164,28 @@ class Nullable(Kind):
 
 
 class MapOf(Kind):
-    """A JSON object with free string keys and values of one kind (e.g. the compat flags)."""
+    """A JSON object with string keys and values of one kind (e.g. the compat flags).
 
-    def __init__(self, value: Kind) -> None:
-        self.value = value
+    ``known`` (called at check time, so the names can be declared where they are used) limits the
+    keys; an unknown key is refused with the closest known one. ``what`` names a key in messages.
+    """
+
+    def __init__(self, value: Kind, known: Optional[Callable[[], Sequence[str]]] = None,
+                 what: str = "key") -> None:
+        self.value, self.known, self.what = value, known, what
 
     def check(self, value: Any, path: str) -> dict:
         if not isinstance(value, Mapping):
             raise self._wrong(value, path)
+        names = None if self.known is None else sorted(self.known())
         out = {}
         for k, v in value.items():
             if not isinstance(k, str) or not k:
                 raise ConfigError(join(path, k), "keys must be non-empty strings")
+            if names is not None and k not in names:
+                near = closest(k, names)
+                hint = f"; did you mean {near!r}?" if near else ""
+                raise ConfigError(join(path, k), f"unknown {self.what}{hint} (valid: {', '.join(names)})", near)
             out[k] = self.value.check(v, join(path, k))
         return out
 

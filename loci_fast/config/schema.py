@@ -113,6 +113,13 @@ def _model_post(model: dict, path: str) -> None:
             raise ConfigError(join(path, key), problem)
 
 
+def _compat_flag_names() -> list:
+    # Declared beside the modules that read them; loci_fast.model.compat imports nothing heavy.
+    from loci_fast.model.compat import COMPAT_FLAGS
+
+    return list(COMPAT_FLAGS)
+
+
 def _root_post(cfg: dict, path: str) -> None:
     if cfg["pretrainer_iterations"] > 3:
         raise ConfigError(join(path, "pretrainer_iterations"),
@@ -180,8 +187,8 @@ MODEL = Section({
         "latent_channels": Field(Int(min=1), 128, "transformer width C"),
         "num_layers": Field(Int(min=1), 4, "transformer layers L"),
     }, "uncertainty background"), {}),
-    "compat": Field(MapOf(Bool()), {}, "upstream-quirk flags, name -> on; names are declared and "
-                    "checked by loci_fast.model.compat"),
+    "compat": Field(MapOf(Bool(), known=_compat_flag_names, what="compat flag"), {},
+                    "upstream-quirk flags, name -> on; the names are declared in loci_fast.model.compat"),
 }, "the model", post=_model_post)
 
 
@@ -204,7 +211,8 @@ CONFIG = Section({
     "seed": Field(Int(min=0), 1234, "random seed (upstream --seed default)"),
     "stage": Field(Nullable(Str()), None, "trainer stage (mask|depth|rgb|stage1|stage2|background|loci|"
                    "proposal or module:NAME); null: from pretraining_mode/pretrainer_iterations"),
-    "deepspeed": Field(Nullable(Str()), None, "path of a DeepSpeed JSON config (relative to the cwd)"),
+    "deepspeed": Field(Nullable(Str()), None, "path of a DeepSpeed JSON config; a relative one is looked "
+                       "up from this file's folder and the folders above it, then the cwd"),
     "kernels": Field(Section({
         "backend": Field(Choice(*KERNEL_BACKENDS), "auto", "loci_fast.kernels backend"),
     }, "fused kernels", shorthand="backend"), {}),

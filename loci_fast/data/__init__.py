@@ -12,7 +12,8 @@ _EXPORTS = {
     "video_chunks": "loaders", "object_crops": "loaders", "frame_pairs": "loaders", "StreamLoader": "loaders",
     "tbptt_chunks": "views.video_chunks", "encode_video": "writer", "ShardWriter": "writer",
     "write_shard": "writer", "DataError": "errors", "ShardError": "errors", "SampleError": "errors",
-    "FORMAT": "schema", "VERSION": "schema",
+    "FORMAT": "schema", "VERSION": "schema", "verify_shards": "verify", "SourceError": "errors",
+    "ParamsMismatch": "errors",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,33 +49,49 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_inspect)
 
 
+def _fail(action: str, err: Exception) -> int:
+    """A user's mistake (bad option, bad input file, a folder of other shards): one line, no traceback."""
+    print(f"loci-fast data {action}: error: {err}", file=sys.stderr, flush=True)
+    return 2
+
+
+# What the work functions raise for a mistake on the command line or in the input (not for bugs).
+_USER_ERRORS = (ValueError, FileExistsError, FileNotFoundError)
+
+
 def _synth(args: argparse.Namespace) -> int:
+    from .errors import DataError
     from .synth.run import SynthConfig, run_synth
 
     cfg = SynthConfig(frames=args.frames, size=args.size, min_objects=args.objects[0],
                       max_objects=args.objects[1], min_object_size=args.object_size[0],
                       max_object_size=args.object_size[1], camera=args.camera, seed=args.seed, split=args.split,
                       rgb_codec=args.rgb_codec)
-    paths = run_synth(args.out, args.videos, cfg, shard_videos=args.shard_videos, workers=args.workers,
-                      progress=not args.no_progress)
+    try:
+        paths = run_synth(args.out, args.videos, cfg, shard_videos=args.shard_videos, workers=args.workers,
+                          progress=not args.no_progress)
+    except (DataError, *_USER_ERRORS) as err:
+        return _fail("synth", err)
     print(f"{len(paths)} shard(s) in {args.out}: {paths[0].name} .. {paths[-1].name}")
     return 0
 
 
 def _convert(args: argparse.Namespace) -> int:
     from .convert_hdf5 import convert_hdf5
+    from .errors import DataError
 
-    paths = convert_hdf5(args.input, args.out, name=args.name, dataset=args.dataset,
-                         shard_videos=args.shard_videos, static_camera=args.static_camera == "true",
-                         progress=not args.no_progress)
+    try:
+        paths = convert_hdf5(args.input, args.out, name=args.name, dataset=args.dataset,
+                             shard_videos=args.shard_videos, static_camera=args.static_camera == "true",
+                             progress=not args.no_progress)
+    except (DataError, *_USER_ERRORS) as err:
+        return _fail("convert-hdf5", err)
     print(f"wrote {len(paths)} shard(s) to {args.out}")
     return 0
 
 
 def _inspect(args: argparse.Namespace) -> int:
     from .inspect import inspect_shards
-
-    import sys
 
     report = inspect_shards(args.paths, check=args.check, progress=sys.stderr.isatty())
     print(report.text())

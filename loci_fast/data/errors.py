@@ -30,4 +30,21 @@ class SampleError(DataError):
         super().__init__(f"shard {self.shard}, sample {key!r}: {problem}. {fix}")
 
 
+class SourceError(DataError):
+    """A file to convert into shards (e.g. an upstream HDF5 file) is unreadable or not in the expected layout."""
+
+    def __init__(self, source: str, problem: str | None = None, fix: str = "", dataset: str | None = None):
+        if problem is None:  # rebuilt from its message (see ShardError)
+            self.source, self.dataset = None, None
+            super().__init__(source)
+            return
+        self.source, self.dataset = str(source), dataset
+        where = f"{self.source}, dataset {dataset!r}" if dataset else self.source
+        super().__init__(f"{where}: {problem}. {fix}".rstrip())
+
+
+class ParamsMismatch(DataError):
+    """A folder holds shards written with other parameters than this run's, or with unknown ones."""
+
+
 REWRITE = "Rewrite the shard with `loci-fast data synth` or `loci-fast data convert-hdf5`"

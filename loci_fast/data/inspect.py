@@ -9,6 +9,7 @@ from typing import Iterable
 
 from .errors import DataError
 from .reader import decode_sample, expand_paths, iter_raw, parse_meta
+from .verify import empty_shard
 
 
 @dataclass
@@ -59,6 +60,7 @@ def inspect_shards(paths: str | Iterable[str], *, check: bool = False, progress:
     for shard in tqdm(shards, unit="shard", desc="inspect", disable=not progress, leave=False):
         rep.shards += 1
         rep.bytes += os.path.getsize(shard) if os.path.exists(shard) else 0
+        before = rep.videos
         try:
             for key, fields in iter_raw(shard):
                 try:
@@ -83,4 +85,7 @@ def inspect_shards(paths: str | Iterable[str], *, check: bool = False, progress:
                 rep.instances += int(meta.get("num_instances", 0) or 0)
         except DataError as err:
             rep.errors.append(str(err))
+            continue
+        if rep.videos == before:
+            rep.errors.append(str(empty_shard(shard)))
     return rep

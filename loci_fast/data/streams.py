@@ -30,6 +30,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from .errors import REWRITE, DataError, SampleError, ShardError
 from .reader import ReadStats, decode_sample, expand_paths, iter_raw, parse_meta
 from .schema import validate_meta
+from .verify import CHECK, empty_shard
 
 MAX_FAILED_DRAWS = 64  # consecutive shard draws without one good video before giving up
 MAX_EMPTY_VIDEOS = 1000  # consecutive videos without a single item before giving up
@@ -133,6 +134,23 @@ def _meta_only(key: str, fields: dict[str, bytes], shard: str) -> dict[str, Any]
         raise SampleError(shard, key, f"meta.json is not valid JSON ({err})", REWRITE) from None
 
 
+def _too_few_items(view: Any, sets: list[ShardSet], total: int, batch_size: int, world_size: int,
+                   on_error: str) -> ShardError:
+    """Why a training stream has not one batch, with the fix a command-line user can apply."""
+    shards = [sh for s in sets for sh in s.shards]
+    videos = {sh: sum(1 for _ in _iter_metas(sh, on_error, ReadStats())) for sh in shards}
+    empty = [sh for sh in shards if not videos[sh]]
+    if len(empty) == len(shards):
+        return empty_shard(empty[0], others=len(empty) - 1)
+    if not total:
+        return ShardError(shards[0], f"the {sum(videos.values())} video(s) of the {len(shards)} shard(s) give no "
+                          f"{view.name} item: no visible instance, or fewer frames than a window",
+                          f"Use shards with objects in view and enough frames. {CHECK}")
+    return ShardError(shards[0], f"the {len(shards)} shard(s) hold {total} {view.name} items, fewer than one batch "
+                      f"of {batch_size} per rank x {world_size} rank(s)", "Use a smaller batch size "
+                      "(model.batch_size in the training config) or shards with more videos")
+
+
 class ViewStream(IterableDataset):
     """The IterableDataset behind every loader; yields whole collated batches (use batch_size=None)."""
 
@@ -160,9 +178,7 @@ class ViewStream(IterableDataset):
                 total = sum(scan_items(view, sets, on_error=on_error).values())
                 epoch_batches = total // (batch_size * world_size)
                 if epoch_batches < 1:
-                    raise ShardError(sets[0].shards[0], f"the shards hold {total} items, fewer than one batch of "
-                                     f"{batch_size} per rank x {world_size} ranks",
-                                     "Pass epoch_batches= explicitly, or a smaller batch_size")
+                    raise _too_few_items(view, sets, total, batch_size, world_size, on_error)
             self.epoch_batches = int(epoch_batches)
             self._plan_training()
         else:

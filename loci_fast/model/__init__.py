@@ -19,12 +19,12 @@ _LAZY = {
 
 __all__ = list(_LAZY)
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .compat import COMPAT_FLAGS, resolve_compat
-    from .decoder import LociDecoder
-    from .encoder import LociEncoder
-    from .pretrainer import LociPretrainer
-    from .upstream import convert_state_dict
+if TYPE_CHECKING:  # pragma: no cover  (for type checkers; at run time __getattr__ imports)
+    from .compat import COMPAT_FLAGS, resolve_compat  # noqa: F401
+    from .decoder import LociDecoder  # noqa: F401
+    from .encoder import LociEncoder  # noqa: F401
+    from .pretrainer import LociPretrainer  # noqa: F401
+    from .upstream import convert_state_dict  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

@@ -31,22 +31,60 @@ def load_upstream_checkpoint(path: str) -> dict:
     import torch
 
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        damage = checkpoint_damage(path)
+        if damage is None:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ValueError(f"{path}: no such checkpoint file") from None
+    except (EOFError, OSError, KeyError) as err:  # what torch.load raises for cut-off or garbled bytes
+        damage = f"it is corrupt or truncated ({type(err).__name__}: {err})"
     except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(
-            f"{path}: cannot be read safely with torch.load(weights_only=True) ({first}). loci-fast does not "
-            "unpickle arbitrary objects, which could run code. If you trust the file, re-save only its "
-            "tensors in an environment that can open it, e.g. torch.save(torch.load(IN, weights_only=False)"
-            "['state_dict'], 'state_dict.pt'), and import that file.") from None
+        if "EOF" in first or "corrupt" in first:  # the older pickle format, cut short
+            damage = f"it is corrupt or truncated ({first})"
+        else:
+            raise ValueError(
+                f"{path}: cannot be read safely with torch.load(weights_only=True) ({first}). loci-fast does not "
+                "unpickle arbitrary objects, which could run code. If you trust the file, re-save only its "
+                "tensors in an environment that can open it, e.g. torch.save(torch.load(IN, weights_only=False)"
+                "['state_dict'], 'state_dict.pt'), and import that file.") from None
+    if damage is not None:
+        raise ValueError(f"{path}: not a readable checkpoint: {damage}. Copy or download the file again (compare "
+                         "its size and checksum with the original)")
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) for k in obj):
         raise ValueError(f"{path}: expected a Lightning checkpoint with a 'state_dict' entry or a state dict "
                          f"(a dict of names to tensors), found {type(obj).__name__}")
     return obj
+
+
+def checkpoint_damage(path: str) -> str | None:
+    """Why ``path`` cannot be a whole torch checkpoint, or None when it may be one.
+
+    torch.save writes a zip archive (whose members carry CRCs; torch.load does not check them) or,
+    in the older format, a pickle. An empty file, a zip without its end, a failed CRC or other bytes
+    are named here, before torch.load turns them into an unrelated-looking error.
+    """
+    import zipfile
+
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if not head:
+        return "the file is empty (0 bytes): corrupt, or cut off before its first byte"
+    if head == b"PK\x03\x04":
+        if not zipfile.is_zipfile(path):
+            return "it is corrupt or truncated (torch.save's zip archive has no directory at its end)"
+        try:
+            with zipfile.ZipFile(path) as zf:
+                bad = zf.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+            return f"it is corrupt ({err})"
+        return None if bad is None else f"it is corrupt (member {bad} fails its CRC check)"
+    if head[:1] != b"\x80":  # every pickle of protocol 2 or later starts so
+        return ("it is not a PyTorch checkpoint: neither torch.save's zip format nor its older pickle "
+                f"format (it starts with {head!r})")
+    return None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -57,6 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from loci_fast.data import DataError
+
     from .engine import train
     from .errors import TrainError
     from .preflight import TrainOptions
@@ -69,7 +71,7 @@ def _train(args: argparse.Namespace) -> int:
         workers=args.workers, progress=args.progress)
     try:
         train(options)
-    except TrainError as err:
+    except (TrainError, DataError) as err:
         print(f"loci-fast train: error: {err}", file=sys.stderr, flush=True)
         return 2
     return 0

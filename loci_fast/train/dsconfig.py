@@ -28,6 +28,42 @@ def _is_set(value: Any) -> bool:
     return value is not None and value != "auto"
 
 
+def ds_config_path(flag: str | None, cfg: Any) -> Path | None:
+    """The DeepSpeed config file of a run, found the same way whatever folder the command runs in.
+
+    ``flag`` (``--deepspeed``) is taken as given, relative to the cwd like any command-line path.
+    Otherwise the config's ``deepspeed`` key: an absolute path as is; a relative one is looked up
+    from the config file's folder and each folder above it (the shipped configs say
+    ``configs/deepspeed/fp32.json``, which is relative to the repository holding them), then from
+    the cwd. None when neither sets one (the built-in default). Raises TrainError naming the
+    places searched.
+    """
+    if flag:
+        path = Path(flag)
+        if not path.is_file():
+            raise TrainError(f"--deepspeed {flag} does not exist (relative to the current folder "
+                             f"{Path.cwd()}); pass one of configs/deepspeed/*.json")
+        return path
+    value = cfg["deepspeed"]
+    if not value:
+        return None
+    path = Path(value)
+    source = getattr(cfg, "source", None)
+    bases = list(Path(source).resolve().parent.parents) if source else []
+    if source:
+        bases.insert(0, Path(source).resolve().parent)
+    candidates = [path] if path.is_absolute() else [base / path for base in bases] + [Path.cwd() / path]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    where = f"{source}: " if source else ""
+    searched = "" if path.is_absolute() else (
+        f" (looked in {bases[0]} and the folders above it, and in {Path.cwd()})" if bases
+        else f" (looked in {Path.cwd()})")
+    raise TrainError(f"{where}deepspeed {value} does not exist{searched}; fix the path in the config "
+                     f"(relative to the config file's folder), or pass --deepspeed DS.json")
+
+
 def read_ds_config(path: str | Path | None) -> dict[str, Any]:
     """The DeepSpeed config at ``path`` (or the built-in fp32/ZeRO-0 default when None)."""
     if path is None:

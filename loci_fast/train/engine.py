@@ -427,7 +427,9 @@ class Loop:
         self.sums.micro += 1
         if not boundary:
             return None
-        if run.guard.skipped:
+        # Our guard skips non-finite gradients; ZeRO's and the fp16 optimiser's own overflow checks
+        # skip theirs before our guard is reached.
+        if run.guard.skipped or not run.engine.was_step_applied():
             self.sums.reset()
             return "nonfinite" if self.bad("non-finite gradient, optimiser step skipped") else None
         self.finish_step(out)

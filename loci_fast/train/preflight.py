@@ -8,14 +8,13 @@ from __future__ import annotations
 import glob
 import json
 import os
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import checkpoint as ckpt
 from . import lock, manifest
-from .dsconfig import read_ds_config, resolve_ds_config
+from .dsconfig import ds_config_path, read_ds_config, resolve_ds_config
 from .errors import TrainError
 from .stages import Stage, get_stage, stage_from_config
 
@@ -91,7 +90,9 @@ def expand_shards(patterns: list[str]) -> list[str]:
 
 
 def check_shards(paths: list[str]) -> None:
-    """Every shard exists, is readable and starts like a tar file."""
+    """Every shard exists and its whole tar index reads (no truncated, corrupt or empty shard)."""
+    from loci_fast.data import DataError, verify_shards
+
     if not paths:
         raise TrainError("no training shards: give --data 'DIR/name-{000000..000007}.tar' or set "
                          "data.train in the config")
@@ -101,12 +102,10 @@ def check_shards(paths: list[str]) -> None:
                              f"shards with `loci-fast data synth --out DIR`")
         if not os.access(path, os.R_OK):
             raise TrainError(f"shard {path} is not readable (permissions)")
-        try:
-            ok = tarfile.is_tarfile(path)
-        except OSError as err:
-            raise TrainError(f"shard {path} cannot be read: {err}") from None
-        if not ok:
-            raise TrainError(f"shard {path} is not a tar file (webdataset shards are tar archives)")
+    try:
+        verify_shards(paths)
+    except DataError as err:
+        raise TrainError(str(err)) from None
 
 
 def training_patterns(cfg, data_flag: list[str] | None) -> list[str]:
@@ -231,7 +230,7 @@ def resolve_deepspeed(options: TrainOptions, cfg, world_size: int) -> tuple[dict
     """The run's DeepSpeed config (filled from the training config) and whether Ranger is used."""
     import torch
 
-    ds_path = options.deepspeed or cfg["deepspeed"]
+    ds_path = ds_config_path(options.deepspeed, cfg)
     return resolve_ds_config(
         read_ds_config(ds_path), micro_batch=int(cfg["model"]["batch_size"]),
         grad_accum=int(cfg["model"]["gradient_accumulation_steps"]), world_size=world_size,
@@ -259,7 +258,7 @@ def plan(options: TrainOptions, world_size: int) -> Plan:
     check_numbers(options)
     cfg = load_training_config(options.config, options.overrides)
     stage = get_stage(options.stage or stage_from_config(cfg))
-    shards = expand_shards(training_patterns(cfg, options.data))
+    shards = [os.path.abspath(s) for s in expand_shards(training_patterns(cfg, options.data))]
     check_shards(shards)
     out = Path(options.out or Path("out") / cfg["model_path"])
     lock.check_free(out)

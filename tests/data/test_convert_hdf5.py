@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from loci_fast.cli import main as cli
 from loci_fast.data import iter_videos
 from loci_fast.data.convert_hdf5 import convert_hdf5
 
@@ -86,3 +87,74 @@ def test_convert_resumes_without_rewriting_finished_shards(tmp_path, upstream_hd
     assert again == first and first[0].stat().st_mtime_ns == before
     assert first[1].read_bytes() == reference and not list(tmp_path.glob("*.tmp*"))
     assert any("1 of 2 shards already" in line for line in logs)
+
+
+def _edited_copy(tmp_path, upstream_hdf5, edit):
+    """A copy of the upstream-layout file with ``edit(h5py.File)`` applied."""
+    import shutil
+
+    import h5py
+
+    src, _ = upstream_hdf5
+    dst = tmp_path / f"edited-{np.random.default_rng().integers(1 << 30)}.hdf5"
+    shutil.copy(src, dst)
+    with h5py.File(dst, "a") as f:
+        edit(f)
+    return dst
+
+
+@pytest.mark.parametrize("drop", ["instance_masks", "image_instance_indices"])
+def test_file_without_instance_masks_warns_naming_file_and_dataset(tmp_path, upstream_hdf5, drop, capsys):
+    src = _edited_copy(tmp_path, upstream_hdf5, lambda f: f.__delitem__(drop))
+    warned = []
+    convert_hdf5(src, tmp_path / "out", progress=False, log=lambda s: None, warn=warned.append)
+    assert any(str(src) in w and drop in w and "0 instances" in w for w in warned), warned
+    assert all(v["meta"]["num_instances"] == 0 for v in iter_videos(tmp_path / "out"))
+    assert cli(["data", "convert-hdf5", str(src), "--out", str(tmp_path / "cli"), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {src}" in err and drop in err, err
+
+
+def test_masks_that_never_reach_the_threshold_warn(tmp_path, upstream_hdf5):
+    def faint(f):
+        f["instance_masks"][...] = np.minimum(f["instance_masks"][...], 150)
+    src = _edited_copy(tmp_path, upstream_hdf5, faint)
+    warned = []
+    convert_hdf5(src, tmp_path / "out", progress=False, log=lambda s: None, warn=warned.append)
+    assert any(str(src) in w and "instance_masks" in w and "0 instances" in w for w in warned), warned
+
+
+def _shorten(name, keep):
+    def edit(f):
+        data, dtype = f[name][:keep], f[name].dtype
+        del f[name]
+        f.create_dataset(name, data.shape, dtype=dtype)[...] = list(data) if dtype.kind == "O" else data
+    return edit
+
+
+@pytest.mark.parametrize("name, keep", [("depth_images", 5), ("depth_images", 2), ("rgb_images", 6),
+                                        ("image_instance_indices", 4), ("instance_masks", 3)])
+def test_short_datasets_raise_naming_file_and_dataset(tmp_path, upstream_hdf5, name, keep, capsys):
+    from loci_fast.data.errors import DataError
+
+    src = _edited_copy(tmp_path, upstream_hdf5, _shorten(name, keep))
+    with pytest.raises(DataError, match=f"{src}.*{name}") as err:
+        convert_hdf5(src, tmp_path / "out", progress=False, log=lambda s: None, warn=lambda s: None)
+    assert not list((tmp_path / "out").glob("*.tar"))
+    assert cli(["data", "convert-hdf5", str(src), "--out", str(tmp_path / "cli"), "--no-progress"]) == 2
+    assert capsys.readouterr().err == f"loci-fast data convert-hdf5: error: {err.value}\n"
+
+
+@pytest.mark.parametrize("content", [b"", b"not hdf5 at all\n" * 50, b"\x89HDF\r\n\x1a\n" + b"\0" * 40],
+                         ids=["empty", "text", "signature-only"])
+def test_non_hdf5_file_is_named(tmp_path, content, capsys):
+    from loci_fast.data.errors import DataError
+
+    src = tmp_path / "movi.hdf5"
+    src.write_bytes(content)
+    with pytest.raises(DataError, match=f"{src}: not a readable HDF5 file"):
+        convert_hdf5(src, tmp_path / "out", progress=False, log=lambda s: None)
+    assert cli(["data", "convert-hdf5", str(src), "--out", str(tmp_path / "cli"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"loci-fast data convert-hdf5: error: {src}: not a readable HDF5 file") and \
+        err.count("\n") == 1, err

@@ -110,3 +110,29 @@ def test_copy_of_good_shard_still_reads(tmp_path, synth_shards):
     dst = tmp_path / "copy-000000.tar"
     shutil.copy(synth_shards[0], dst)
     assert len(list(iter_videos(str(dst)))) == 2
+
+
+def test_empty_tar_gives_a_command_line_fix_not_library_advice(tmp_path, synth_shards):
+    empty = tmp_path / "train-000000.tar"
+    tarfile.open(empty, "w").close()  # a valid tar archive without a single member
+    for make in (lambda: object_crops([str(empty)], batch_size=2, size=(32, 32)),
+                 lambda: video_chunks(str(tmp_path), batch_size=1, sequence_len=4)):
+        with pytest.raises(ShardError) as err:
+            make()
+        msg = str(err.value)
+        assert "train-000000.tar" in msg and "no video" in msg and "loci-fast data synth" in msg, msg
+        assert "epoch_batches=" not in msg
+    # Too few items for one batch: the fix names the batch size a user sets, not a keyword argument.
+    with pytest.raises(ShardError) as err:
+        object_crops(synth_shards[:1], batch_size=10**6, size=(32, 32))
+    assert "model.batch_size" in str(err.value) and "epoch_batches=" not in str(err.value)
+
+
+def test_inspect_reports_an_empty_tar(tmp_path, synth_shards):
+    from loci_fast.data.inspect import inspect_shards
+
+    empty = tmp_path / "train-000009.tar"
+    tarfile.open(empty, "w").close()
+    report = inspect_shards([synth_shards[0], str(empty)], check=True)
+    assert not report.ok and report.videos == 2
+    assert any("train-000009.tar" in e and "no sample" in e for e in report.errors), report.errors

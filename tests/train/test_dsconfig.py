@@ -4,10 +4,12 @@ from pathlib import Path
 
 import pytest
 
-from loci_fast.train.dsconfig import engine_dtype_name, read_ds_config, resolve_ds_config
+from loci_fast.train.dsconfig import ds_config_path, engine_dtype_name, read_ds_config, resolve_ds_config
 from loci_fast.train.errors import TrainError
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "configs" / "deepspeed"
+TRAINING_CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.json") if p.parent.name != "deepspeed")
 BASE = dict(micro_batch=4, grad_accum=1, world_size=2, mixed_precision=False, learning_rate=1e-4,
             on_gpu=False)
 
@@ -64,6 +66,46 @@ def test_missing_or_broken_file_is_named(tmp_path):
     bad.write_text("{")
     with pytest.raises(TrainError, match="not valid JSON"):
         read_ds_config(bad)
+
+
+@pytest.mark.parametrize("config", TRAINING_CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_shipped_configs_find_their_deepspeed_config_from_any_folder(config, tmp_path, monkeypatch):
+    from loci_fast.config import load_config
+
+    cfg = load_config(config)
+    monkeypatch.chdir(tmp_path)  # a user's run folder, not the repository
+    path = ds_config_path(None, cfg)
+    assert path is not None and path.resolve() == CONFIGS / "fp32.json"
+    assert read_ds_config(path) == json.loads((CONFIGS / "fp32.json").read_text())
+
+
+def test_deepspeed_lookup_order_and_misses_name_the_places(tmp_path, monkeypatch):
+    from loci_fast.config import load_config
+
+    conf, work = tmp_path / "conf" / "runs", tmp_path / "work"
+    conf.mkdir(parents=True)
+    work.mkdir()
+    data = {"model_path": "t", "deepspeed": "ds.json",
+            "model": {"batch_size": 2, "num_slots": 3, "gestalt_size": 64, "input_size": [64, 64]}}
+    (conf / "run.json").write_text(json.dumps(data))
+    (work / "ds.json").write_text(json.dumps({"zero_optimization": {"stage": 1}}))
+    monkeypatch.chdir(work)
+    cfg = load_config(conf / "run.json")
+    # Found nowhere beside the config or above it: the cwd (what older configs relied on).
+    assert ds_config_path(None, cfg) == work / "ds.json"
+    # A folder above the config wins over the cwd, the config's own folder over the one above.
+    (tmp_path / "conf" / "ds.json").write_text("{}")
+    assert ds_config_path(None, cfg) == tmp_path / "conf" / "ds.json"
+    (conf / "ds.json").write_text("{}")
+    assert ds_config_path(None, cfg) == conf / "ds.json"
+    assert ds_config_path("ds.json", cfg) == Path("ds.json")  # the flag is relative to the cwd
+    assert ds_config_path(None, load_config({k: v for k, v in data.items() if k != "deepspeed"})) is None
+    for p in (conf / "ds.json", tmp_path / "conf" / "ds.json", work / "ds.json"):
+        p.unlink()
+    with pytest.raises(TrainError, match=f"run.json: deepspeed ds.json does not exist .*{conf}.*{work}"):
+        ds_config_path(None, cfg)
+    with pytest.raises(TrainError, match="--deepspeed ds.json does not exist"):
+        ds_config_path("ds.json", cfg)
 
 
 _CLIP_PROBE = """

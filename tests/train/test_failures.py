@@ -51,7 +51,7 @@ def test_unreadable_shard_is_named(toy, capsys):
     tmp, cfg, _ = toy
     broken = tmp / "broken-000000.tar"
     broken.write_bytes(b"this is not a tar archive" * 100)
-    _fails(capsys, train_args(cfg, str(broken), tmp / "out"), str(broken), "not a tar file")
+    _fails(capsys, train_args(cfg, str(broken), tmp / "out"), str(broken), "not a readable tar file")
 
 
 def test_no_shards_at_all(toy, capsys):
@@ -91,3 +91,34 @@ def test_resume_path_without_checkpoint(toy, capsys):
     tmp, cfg, shards = toy
     _fails(capsys, train_args(cfg, shards, tmp / "out", "--resume", str(tmp / "elsewhere")),
            "--resume", "no complete checkpoint")
+
+
+def test_truncated_shard_is_caught_before_training(toy, capsys):
+    tmp, cfg, shards = toy
+    whole = (tmp / "shards" / "toy-000001.tar").read_bytes()
+    cut = tmp / "cut-000000.tar"
+    cut.write_bytes(whole[: len(whole) // 2 + 100])
+    err = _fails(capsys, train_args(cfg, str(cut), tmp / "out-cut"), str(cut), "truncated")
+    assert "Traceback" not in err and not (tmp / "out-cut").exists()
+
+
+def test_empty_shard_is_caught_before_training(toy, capsys):
+    import tarfile
+
+    tmp, cfg, _ = toy
+    empty = tmp / "empty-000000.tar"
+    tarfile.open(empty, "w").close()
+    _fails(capsys, train_args(cfg, str(empty), tmp / "out-empty"), str(empty), "no sample")
+
+
+def test_run_reports_its_kernel_backend(toy, monkeypatch):
+    from loci_fast.train.logs import read_metrics
+
+    from .helpers import launcher, run
+
+    tmp, cfg, shards = toy
+    monkeypatch.setenv("LOCI_FAST_KERNELS", "reference")
+    proc = run(launcher("python") + train_args(cfg, shards, tmp / "out-kernels", "--max-steps", "1"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "kernels: reference" in proc.stderr
+    assert [r["kernels"] for r in read_metrics(tmp / "out-kernels" / "metrics.jsonl")] == ["reference"]

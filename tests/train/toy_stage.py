@@ -169,6 +169,8 @@ class RecurrentStage(ToyStage):
     in a nested container) is created at each sequence start and feeds the loss, so a resume in
     mid-sequence is exact only if the state came back from the checkpoint."""
 
+    metric_keys = ("mse", "hidden")
+
     def __init__(self, name: str = "toy_recurrent", length: int = 3) -> None:
         super().__init__(name)
         self.length = length

@@ -3,6 +3,8 @@
 Video i is generated from the seed sequence (seed, i) alone, so the output does not depend on the
 number of workers. Shard s holds videos [s*shard_videos, (s+1)*shard_videos); a shard whose final
 file exists is complete (written under a temporary name, then renamed) and is not generated again.
+The run's parameters are kept in ``<split>.params.json`` beside the shards; a rerun into the same
+folder with other parameters is refused (see ``loci_fast.data.params``).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..params import claim_folder
 from ..writer import encode_video, remove_partial, shard_path, write_shard
 
 SUBSTEPS = 20     # physics steps per frame at 240 Hz -> 12 frames per second, as MOVi
@@ -129,6 +132,7 @@ def run_synth(out: str | Path, videos: int, cfg: SynthConfig, *, shard_videos: i
     out.mkdir(parents=True, exist_ok=True)
     for stale in remove_partial(out, cfg.split):
         log(f"removed unfinished {stale.name} from an interrupted run")
+    claim_folder(out, cfg.split, synth_params(cfg, videos, shard_videos))
     n_shards = -(-videos // shard_videos)
     paths = [shard_path(out, cfg.split, s) for s in range(n_shards)]
     todo = []
@@ -169,3 +173,14 @@ def run_synth(out: str | Path, videos: int, cfg: SynthConfig, *, shard_videos: i
 
 def config_dict(cfg: SynthConfig) -> dict[str, Any]:
     return asdict(cfg)
+
+
+def synth_params(cfg: SynthConfig, videos: int, shard_videos: int) -> dict[str, Any]:
+    """What decides the shards' content, keyed by the ``loci-fast data synth`` option names.
+
+    ``--workers`` is left out: the output does not depend on it.
+    """
+    return {"command": "synth", "videos": videos, "shard_videos": shard_videos, "frames": cfg.frames,
+            "size": cfg.size, "objects": [cfg.min_objects, cfg.max_objects],
+            "object_size": [cfg.min_object_size, cfg.max_object_size], "camera": cfg.camera,
+            "seed": cfg.seed, "split": cfg.split, "rgb_codec": cfg.rgb_codec}
