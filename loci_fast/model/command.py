@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", metavar="IN.ckpt", help="upstream checkpoint file")
     p.add_argument("--config", required=True, metavar="CFG",
                    help="the config the checkpoint was trained with (upstream JSON or ours)")
-    p.add_argument("--kind", default="pretrainer", choices=("pretrainer",),
+    p.add_argument("--kind", default="pretrainer", choices=("pretrainer", "background"),
                    help="which upstream module the checkpoint holds (default: %(default)s)")
     p.add_argument("--out", required=True, metavar="OUT", help="output file: *.safetensors or a torch file (.pt)")
     p.set_defaults(func=run)
@@ -90,6 +90,7 @@ def checkpoint_damage(path: str) -> str | None:
 def run(args: argparse.Namespace) -> int:
     from loci_fast.config import ConfigError, load_config
 
+    from .background import BackgroundPretrainer
     from .pretrainer import LociPretrainer
     from .upstream import convert_state_dict
 
@@ -100,25 +101,28 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         state = load_upstream_checkpoint(args.checkpoint)
-        model = LociPretrainer(model_cfg)
+        model = BackgroundPretrainer.from_config(model_cfg) if args.kind == "background" else LociPretrainer(model_cfg)
         converted = convert_state_dict(state, kind=args.kind, model=model)
         model.load_state_dict(converted, strict=True)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    save(converted, args.out)
+    # A converted background names its stage, so `loci-fast train --init-from` loads it one-to-one into a
+    # background run (pretrainer conversions stay unnamed: "upstream", see loci_fast.train.handover).
+    save(converted, args.out, {"format": "loci-fast", "stage": "background", "source": "upstream"}
+         if args.kind == "background" else None)
     n = sum(t.numel() for t in converted.values())
     print(f"wrote {args.out}: {len(converted)} tensors, {n:,} values (kind {args.kind})")
     return 0
 
 
-def save(state: dict, path: str) -> None:
-    """Write a state dict as .safetensors (by extension) or with torch.save."""
+def save(state: dict, path: str, metadata: dict[str, str] | None = None) -> None:
+    """Write a state dict as .safetensors (by extension, with ``metadata``) or with torch.save."""
     import torch
 
     if path.endswith(".safetensors"):
         from safetensors.torch import save_file
 
-        save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, path)
+        save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, path, metadata=metadata)
     else:
         torch.save(state, path)

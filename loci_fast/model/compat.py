@@ -28,6 +28,12 @@ COMPAT_FLAGS: dict[str, tuple[bool, str]] = {
         "num_weights() values of base_weights and of the per-slot dynamic vector. False: layer i reads "
         "its own slice. (Read by LociEncoder.)",
     ),
+    "uncertainty_noise_in_eval": (
+        True,
+        "§24.2c: the background's uncertainty estimator draws its noise eps (u + u(1-u)*eps) on every "
+        "call, in evaluation too, advancing the RNG even where only the clean map is used. False: in "
+        "evaluation the noised map is the clean one and nothing is drawn. (Read by UncertaintyBackground.)",
+    ),
 }
 
 

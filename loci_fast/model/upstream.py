@@ -5,6 +5,10 @@
 ``loci_fast.model.LociPretrainer.load_state_dict(..., strict=True)`` accepts. Every upstream key
 is placed by exactly one rule below or reported; unused upstream tensors (the ``legacy`` switches,
 which must be 0, and ``gestalt_mean``/``gestalt_std``) are dropped.
+
+``kind="background"`` takes upstream's ``LociBackgroundModule`` state dict (``net.*`` and the
+depth-context GestaltLoss counter) and returns one for ``loci_fast.model.background.BackgroundPretrainer``
+(key map in ``upstream_background_keys.py``).
 """
 from __future__ import annotations
 
@@ -14,9 +18,10 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
+from .upstream_background_keys import BACKGROUND_KEY_MAP, COUNTER_KEY
 from .upstream_encoder_keys import encoder_key_map
 
-KINDS = ("pretrainer",)
+KINDS = ("pretrainer", "background")
 _DROP = "drop"
 _LEGACY = "legacy"
 
@@ -112,9 +117,31 @@ def check_against(converted: Mapping[str, torch.Tensor], model: nn.Module) -> No
         raise ValueError("converted upstream state dict does not fit the model:\n" + "\n".join(problems))
 
 
+def _convert_background(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Upstream ``LociBackgroundModule`` state dict (or a bare ``UncertantyBackground`` one, whose
+    GestaltLoss counter then starts at 0) -> ours, and the keys no rule places."""
+    source = dict(state_dict)
+    if not any(k.startswith("net.") or k == COUNTER_KEY for k in source):
+        source = {"net." + k: v for k, v in source.items()}
+        source[COUNTER_KEY] = torch.zeros(())
+    out, unplaced = {}, []
+    for key, value in source.items():
+        if key == COUNTER_KEY:
+            out[key] = _as_count(value)
+            continue
+        for pattern, repl in BACKGROUND_KEY_MAP:
+            if re.match(pattern, key):
+                out[re.sub(pattern, repl, key)] = value
+                break
+        else:
+            unplaced.append(key)
+    return out, unplaced
+
+
 def convert_state_dict(state_dict: Mapping[str, torch.Tensor], kind: str = "pretrainer", *,
                        model: nn.Module | None = None) -> dict[str, torch.Tensor]:
-    """Upstream ``LociPretrainer`` state dict -> ours (see the module docstring).
+    """Upstream ``LociPretrainer`` (``kind="pretrainer"``) or ``LociBackgroundModule``
+    (``kind="background"``) state dict -> ours (see the module docstring).
 
     With ``model`` the result is also checked key by key and shape by shape against
     ``model.state_dict()``. Raises ValueError naming every key that no rule places, every
@@ -124,12 +151,15 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor], kind: str = "pret
         raise ValueError(f"kind: unknown checkpoint kind {kind!r}; supported: {', '.join(KINDS)}")
     if not isinstance(state_dict, Mapping):
         raise ValueError(f"state_dict: expected a mapping of names to tensors, received {type(state_dict).__name__}")
+    not_tensors = [f"{k} ({type(v).__name__})" for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
+    if kind == "background":
+        out, unplaced = _convert_background({k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor)})
+        return _finish(out, unplaced, [], not_tensors, "upstream LociBackgroundModule", model)
     source = strip_lightning_prefix(state_dict)
     out: dict[str, torch.Tensor] = {}
-    unplaced, legacy_on, not_tensors = [], [], []
+    unplaced, legacy_on = [], []
     for key, value in source.items():
         if not isinstance(value, torch.Tensor):
-            not_tensors.append(f"{key} ({type(value).__name__})")
             continue
         placed = _place(key)
         if placed is None:
@@ -139,9 +169,14 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor], kind: str = "pret
                 legacy_on.append(f"{key} = {value.tolist()}")
         elif placed[0] != _DROP:
             out[placed[0]] = placed[1](value)
+    return _finish(out, unplaced, legacy_on, not_tensors, "upstream LociPretrainer", model)
+
+
+def _finish(out: dict[str, torch.Tensor], unplaced: list[str], legacy_on: list[str], not_tensors: list[str],
+            what: str, model: nn.Module | None) -> dict[str, torch.Tensor]:
     problems = []
     if unplaced:
-        problems.append(f"{len(unplaced)} keys are not part of an upstream LociPretrainer (is this the right "
+        problems.append(f"{len(unplaced)} keys are not part of an {what} (is this the right "
                         f"checkpoint kind?):{_format(unplaced)}")
     if legacy_on:
         problems.append("the legacy sigmoid-std switch is on, which loci-fast does not implement (only "

@@ -21,7 +21,11 @@ BUILTIN: dict[str, str] = {
     "rgb": "loci_fast.train.stages.objects:RGB",
     "stage1": "loci_fast.train.stages.objects:STAGE1",
     "stage2": "loci_fast.train.stages.objects:STAGE2",
+    # The dynamic background (reference §12, §17.4): BackgroundPretrainer on frame pairs.
+    "background": "loci_fast.train.stages.background:BACKGROUND",
 }
+#: upstream's command-line spellings of stages
+ALIASES: dict[str, str] = {"pretrain-bg": "background", "pretrain_bg": "background"}
 
 
 def available() -> list[str]:
@@ -44,6 +48,7 @@ def get_stage(name: str) -> Stage:
     """The stage called ``name``, or ``package.module:ATTRIBUTE`` for a stage defined elsewhere."""
     if ":" in name:
         return _load(name, f"--stage {name}")
+    name = ALIASES.get(name, name)
     if name not in BUILTIN:
         raise TrainError(f"unknown stage {name!r}; known stages: {', '.join(available())}, or "
                          f"package.module:ATTRIBUTE")
@@ -51,7 +56,14 @@ def get_stage(name: str) -> Stage:
 
 
 def stage_from_config(cfg) -> str:
-    """Upstream's rule: the stage follows from pretraining_mode and pretrainer_iterations."""
+    """The config's ``stage`` when set; else upstream's rule: the stage follows from
+    pretraining_mode and pretrainer_iterations (upstream picks the background by a flag only)."""
+    try:
+        explicit = cfg["stage"]
+    except (KeyError, TypeError):
+        explicit = None
+    if explicit:
+        return explicit
     mode, iterations = cfg["pretraining_mode"], int(cfg["pretrainer_iterations"])
     if mode in ("mask", "depth", "rgb"):
         return mode
