@@ -72,7 +72,8 @@ def measure(config: str | Path, backend: str, *, steps: int = 20, warmup: int = 
     if stage.name == "stage2":
         _advance_schedules(model, STEADY_STAGE2_STEP)
     b = int(cfg["model"]["batch_size"])
-    batch = _batch(b, tuple(cfg["model"]["input_size"]), dev, DTYPES[dtype])
+    example = getattr(stage, "example_batch", None)  # stages with other inputs than object crops
+    batch = example(cfg, dev, DTYPES[dtype]) if example else _batch(b, tuple(cfg["model"]["input_size"]), dev, DTYPES[dtype])
 
     def sync() -> None:
         if dev.type == "cuda":

@@ -233,15 +233,19 @@ def frame_pairs(paths: Any, *, batch_size: int, size: tuple[int, int] | None = N
                 rank: int | None = None, world_size: int | None = None, num_workers: int = 0,
                 augment: bool | None = None, training: bool = True, epoch_batches: int | None = None,
                 time_std_dev: float = -1.0, on_error: str = "raise", buffer_videos: int = 8,
-                items_per_visit: int | None = 8, prefetch_factor: int | None = None) -> StreamLoader:
+                items_per_visit: int | None = 8, prefetch_factor: int | None = None,
+                file_settings: dict[str, dict[str, Any]] | None = None) -> StreamLoader:
     """Source/target frame pairs of one video for background training (§19.4, §17.4).
 
     Batches: ``source_rgb``/``target_rgb`` (B, 3, H, W), ``source_depth``/``target_depth`` (B, 1,
     H, W) in [0, 1] or -1, ``source_fg``/``target_fg`` (B, 1, H, W), ``dt`` (B,) float (0 for a
     static camera), ``use_depth``, ``use_fg``, ``valid`` (B,), ``frames`` (B, 2), ``key``.
+    ``file_settings`` ({shard: settings}, see ``views.frame_pairs.settings_by_shard``) gives shards
+    their own loss settings, as the entries of upstream's background configs do.
     """
     augment = training if augment is None else augment
-    return _common(FramePairsView(size, augment=augment, time_std_dev=time_std_dev), paths, batch_size, seed=seed,
+    view = FramePairsView(size, augment=augment, time_std_dev=time_std_dev, file_settings=file_settings)
+    return _common(view, paths, batch_size, seed=seed,
                    rank=rank, world_size=world_size, num_workers=num_workers, training=training,
                    epoch_batches=epoch_batches, on_error=on_error, buffer_videos=buffer_videos,
                    items_per_visit=items_per_visit, prefetch_factor=prefetch_factor)

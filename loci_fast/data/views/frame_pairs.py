@@ -1,6 +1,8 @@
 """Source/target frame pairs of one video for the background module (§19.4)."""
 from __future__ import annotations
 
+import os
+
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -38,7 +40,7 @@ def settings_by_shard(entries: Iterable[Mapping[str, Any]]) -> dict[str, dict[st
         keys = set(LOSS_SETTINGS) | set(PAIR_SETTINGS)
         settings = {k: entry[k] for k in keys if k in entry}
         for shard in expand_paths(entry["shards"]):
-            out[shard] = settings
+            out[os.path.abspath(shard)] = settings  # looked up by absolute path: any cwd, any spelling
     return out
 
 
@@ -67,11 +69,12 @@ class FramePairsView:
     def __init__(self, size: tuple[int, int] | None = None, augment: bool = True, time_std_dev: float = -1.0,
                  file_settings: Mapping[str, Mapping[str, Any]] | None = None):
         self.size, self.augment, self.time_std_dev = size and tuple(size), augment, time_std_dev
-        self.file_settings = {k: _check_settings(f"file_settings[{k!r}]", v) for k, v in (file_settings or {}).items()}
+        self.file_settings = {os.path.abspath(k): _check_settings(f"file_settings[{k!r}]", v)
+                              for k, v in (file_settings or {}).items()}
         self.defaults = _check_settings("defaults", {})
 
     def settings(self, shard: str | None) -> dict[str, Any]:
-        return self.file_settings.get(shard, self.defaults) if shard is not None else self.defaults
+        return self.file_settings.get(os.path.abspath(shard), self.defaults) if shard is not None else self.defaults
 
     def plan(self, meta: dict[str, Any], rng: np.random.Generator | None, training: bool) -> list[Any]:
         return list(range(meta["num_frames"]))

@@ -53,16 +53,13 @@ class BackgroundStage(Stage):
         return BackgroundPretrainer.from_config(cfg["model"])
 
     def batches(self, cfg, shards: list[str], *, rank: int, world_size: int, seed: int, num_workers: int):
-        from loci_fast.data.loaders import _common
-        from loci_fast.data.views.frame_pairs import FramePairsView
+        from loci_fast.data.loaders import frame_pairs
 
         size = tuple(int(s) for s in cfg["model"]["input_size"])
-        view = FramePairsView(size, augment=True, file_settings=file_settings(cfg))
-        # loaders.frame_pairs has no file_settings argument yet; until it does, build the stream the same way
-        return _common(view, shards, int(cfg["model"]["batch_size"]), seed=seed, rank=rank, world_size=world_size,
-                       num_workers=num_workers, training=True, epoch_batches=None, on_error="raise",
-                       buffer_videos=8, items_per_visit=8,
-                       prefetch_factor=cfg["prefetch_factor"] if num_workers else None)
+        return frame_pairs(shards, batch_size=int(cfg["model"]["batch_size"]), size=size, seed=seed,
+                           rank=rank, world_size=world_size, num_workers=num_workers, augment=True,
+                           training=True, file_settings=file_settings(cfg),
+                           prefetch_factor=cfg["prefetch_factor"] if num_workers else None)
 
     def forward(self, model, batch: dict[str, Any], state: Any = None) -> StepOutput:
         step = int(getattr(model, "global_steps", 0))  # a DeepSpeed engine; a bare module counts from 0
