@@ -60,3 +60,32 @@ def convert_proposal_state_dict(state_dict: Mapping[str, torch.Tensor], *,
     if problems:
         raise ValueError("cannot convert the upstream proposal checkpoint:\n  " + "\n  ".join(problems))
     return out
+
+
+def import_proposal(checkpoint: str, model_cfg, out: str) -> int:
+    """``import-upstream --kind proposal``: read (``weights_only=True``), convert, load strictly into
+    the proposal built from ``model_cfg``, write ``out``. A .safetensors file names its stage
+    ("proposal"), so ``loci-fast train --stage proposal --init-from OUT`` loads it one-to-one."""
+    import sys
+
+    from .command import load_upstream_checkpoint
+    from .proposal import LociProposal
+
+    try:
+        state = load_upstream_checkpoint(checkpoint)
+        model = LociProposal.from_config(model_cfg)
+        converted = convert_proposal_state_dict(state, model=model)
+        model.load_state_dict(converted, strict=True)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    tensors = {k: v.detach().contiguous().clone() for k, v in converted.items()}
+    if out.endswith(".safetensors"):
+        from safetensors.torch import save_file
+
+        save_file(tensors, out, metadata={"format": "loci-fast", "stage": "proposal", "source": "upstream"})
+    else:
+        torch.save(tensors, out)
+    n = sum(t.numel() for t in tensors.values())
+    print(f"wrote {out}: {len(tensors)} tensors, {n:,} values (kind proposal)")
+    return 0

@@ -21,6 +21,8 @@ BUILTIN: dict[str, str] = {
     "rgb": "loci_fast.train.stages.objects:RGB",
     "stage1": "loci_fast.train.stages.objects:STAGE1",
     "stage2": "loci_fast.train.stages.objects:STAGE2",
+    # The position proposal of segmentation-mode slot initialisation (reference §13, §17.6).
+    "proposal": "loci_fast.train.stages.proposal:PROPOSAL",
 }
 
 
