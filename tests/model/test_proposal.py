@@ -260,3 +260,15 @@ def test_upstream_parity_postprocess_steps(gen):
         final = up.remove_small_artifacts(up.fill_gaps(up.largest_connected_component(hard)))
         assert torch.equal(postprocess_masks(logits), final)
         assert 0 < final.sum() < final.numel()
+
+
+def test_bfloat16_model_trains_and_postprocesses(gen):
+    torch.manual_seed(0)
+    model = LociProposal((64, 64), **TINY).to(torch.bfloat16)
+    masks, depth, rgb = (t.to(torch.bfloat16) for t in inputs(gen))
+    out = model(masks, depth, rgb, postprocess=True)
+    loss = out["regularizer_loss"] + out["mask_loss"]
+    loss.backward()
+    assert torch.isfinite(loss) and out["mask_loss"].dtype == torch.float32
+    assert all(torch.isfinite(p.grad.float()).all() for p in model.parameters())
+    assert out["mask"].dtype == torch.bfloat16 and set(out["mask"].unique().tolist()) <= {0.0, 1.0}

@@ -30,7 +30,7 @@ def hardmax_with_background(logits: torch.Tensor) -> torch.Tensor:
 def largest_component(masks: torch.Tensor) -> torch.Tensor:
     """Keep each mask's largest 8-connected component; empty masks stay empty. (B, N, H, W) {0, 1}."""
     b, n, h, w = masks.shape
-    binary = masks.detach().cpu().numpy().reshape(b * n, h, w) > 0
+    binary = (masks.detach() > 0).cpu().numpy().reshape(b * n, h, w)
     # No connectivity along the stacking axis: each slice is labelled on its own, with labels numbered
     # in raster order over the whole stack, so a slice's labels form one increasing run.
     structure = np.zeros((3, 3, 3), dtype=bool)

@@ -33,8 +33,10 @@ def instance_segmentation_loss(gt: torch.Tensor, logits: torch.Tensor) -> tuple[
 
     loss: mean over samples of the weighted cross-entropy Σ w_y·nll / Σ w_y with class weights
     1/(area + 1) for non-empty GT masks, 1/(H·W) for empty ones. mean IoU: the matched IoUs summed
-    over the non-empty GT masks of each sample and averaged over samples (no gradient).
+    over the non-empty GT masks of each sample and averaged over samples (no gradient). Computed in
+    float32 whatever the input dtype (whole-image sums and the matching need it).
     """
+    gt, logits = gt.float(), logits.float()
     b, n, h, w = gt.shape
     full = torch.cat((torch.zeros_like(logits[:, :1]), logits), dim=1)
     with torch.no_grad():

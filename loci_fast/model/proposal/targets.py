@@ -45,9 +45,13 @@ def position_target(masks: torch.Tensor, positions: torch.Tensor) -> torch.Tenso
     """(B, 5, H, W): per pixel the maximum over the N masks of mask_n · position_n.
 
     Masks not covering a pixel contribute 0 to the maximum, so negative coordinates become 0
-    wherever another mask channel is empty (quirk §24.20, reproduced).
+    wherever another mask channel is empty (quirk §24.20, reproduced). A running maximum over the
+    masks keeps the memory at one (B, 5, H, W) map instead of N.
     """
-    return (masks[:, :, None] * positions[..., None, None]).amax(1)
+    target = masks[:, 0, None] * positions[:, 0, :, None, None]
+    for n in range(1, masks.shape[1]):
+        target = torch.maximum(target, masks[:, n, None] * positions[:, n, :, None, None])
+    return target
 
 
 @torch.no_grad()
