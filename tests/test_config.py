@@ -85,7 +85,7 @@ def test_stage_configs_carry_upstream_values(stage):
 
 
 STAGE_NAMES = {"mask-decoder": "mask", "depth-decoder": "depth", "rgb-decoder": "rgb", "stage1": "stage1",
-               "stage2": "stage2", "background": "background", "loci-s": "loci"}
+               "stage2": "stage2", "background": "background", "loci-s": "loci", "proposal": "proposal"}
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: str(p.relative_to(ROOT)))

@@ -1,4 +1,4 @@
-"""The public loaders: ``video_chunks``, ``object_crops``, ``frame_pairs`` -> ``StreamLoader``.
+"""The public loaders: ``video_chunks``, ``object_crops``, ``frame_pairs``, ``proposal_frames`` -> ``StreamLoader``.
 
 Every loader takes ``paths`` (a shard path, folder, glob or brace pattern, a list of them, or a
 dict ``{pattern: weight}`` to mix several sets), the batch size, ``seed``, ``rank``/``world_size``
@@ -16,6 +16,7 @@ import torch
 from .streams import ViewStream, shard_sets
 from .views.frame_pairs import FramePairsView
 from .views.object_crops import ObjectCropsView
+from .views.proposal import ProposalFramesView
 from .views.video_chunks import VideoChunksView, tbptt_chunks
 
 
@@ -249,3 +250,21 @@ def frame_pairs(paths: Any, *, batch_size: int, size: tuple[int, int] | None = N
                    rank=rank, world_size=world_size, num_workers=num_workers, training=training,
                    epoch_batches=epoch_batches, on_error=on_error, buffer_videos=buffer_videos,
                    items_per_visit=items_per_visit, prefetch_factor=prefetch_factor)
+
+
+def proposal_frames(paths: Any, *, batch_size: int, num_masks: int, size: tuple[int, int] | None = None,
+                    seed: int = 0, rank: int | None = None, world_size: int | None = None, num_workers: int = 0,
+                    augment: bool | None = None, training: bool = True, epoch_batches: int | None = None,
+                    on_error: str = "raise", buffer_videos: int = 8, items_per_visit: int | None = 8,
+                    prefetch_factor: int | None = None) -> StreamLoader:
+    """Frames with their instance masks for the position proposal (§19.4, §17.6).
+
+    Batches: ``rgb`` (B, 3, H, W) [0, 1]; ``depth`` (B, 1, H, W) [0, 1] or -1; ``masks`` (B, num_masks,
+    H, W) [0, 1], largest instance first, zero padded; ``use_depth``, ``frame``, ``num_instances``,
+    ``valid`` (B,); ``key``. ``augment`` defaults to ``training`` (ScaleCrop + flip).
+    """
+    augment = training if augment is None else augment
+    return _common(ProposalFramesView(num_masks, size, augment=augment), paths, batch_size, seed=seed, rank=rank,
+                   world_size=world_size, num_workers=num_workers, training=training, epoch_batches=epoch_batches,
+                   on_error=on_error, buffer_videos=buffer_videos, items_per_visit=items_per_visit,
+                   prefetch_factor=prefetch_factor)

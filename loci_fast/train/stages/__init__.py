@@ -23,6 +23,8 @@ BUILTIN: dict[str, str] = {
     "stage2": "loci_fast.train.stages.objects:STAGE2",
     # The dynamic background (reference §12, §17.4): BackgroundPretrainer on frame pairs.
     "background": "loci_fast.train.stages.background:BACKGROUND",
+    # The position proposal of segmentation-mode slot initialisation (reference §13, §17.6).
+    "proposal": "loci_fast.train.stages.proposal:PROPOSAL",
 }
 #: upstream's command-line spellings of stages
 ALIASES: dict[str, str] = {"pretrain-bg": "background", "pretrain_bg": "background"}
