@@ -28,6 +28,12 @@ COMPAT_FLAGS: dict[str, tuple[bool, str]] = {
         "num_weights() values of base_weights and of the per-slot dynamic vector. False: layer i reads "
         "its own slice. (Read by LociEncoder.)",
     ),
+    "predictor_repeat_attention_stack": (
+        True,
+        "§24.6c: each of the predictor's iterations runs the whole stack of its attention layers before "
+        "its GateL0RD cell (3 layers: 9 attention calls per step). False: iteration i runs attention "
+        "layer i only (3 calls). (Read by LatentPredictor.)",
+    ),
 }
 
 
