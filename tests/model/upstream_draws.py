@@ -43,3 +43,31 @@ def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
     scale = ref.abs().max().item()
     diff = (a.double() - ref.double()).abs().max().item()
     return diff / scale if scale > 0 else diff
+
+
+@contextlib.contextmanager
+def replay_draws(log: list):
+    """Patch the torch draw functions to return upstream's recorded values, in order; each call must be
+    of the recorded kind and shape (so the draw order is checked too). Everything must be used up."""
+    originals = {n: getattr(torch, n) for n in DRAWS}
+
+    def make(name):
+        def replayed(*args, **kwargs):
+            assert log, f"our code made an extra {name} draw (upstream made no more draws)"
+            kind, value = log.pop(0)
+            assert kind == name, f"our code made a {name} draw where upstream made a {kind} draw"
+            if name in ("randn_like", "rand_like"):
+                assert tuple(args[0].shape) == tuple(value.shape), f"{name}: shape {tuple(args[0].shape)}, " \
+                                                                   f"upstream {tuple(value.shape)}"
+                return value.to(dtype=args[0].dtype, device=args[0].device)
+            return value.clone()
+        return replayed
+
+    for n in DRAWS:
+        setattr(torch, n, make(n))
+    try:
+        yield log
+    finally:
+        for n, fn in originals.items():
+            setattr(torch, n, fn)
+    assert not log, f"upstream made draws our code did not: {[k for k, _ in log]}"
