@@ -55,11 +55,12 @@ class GateL0RD(nn.Module):
         self.num_inputs, self.num_hidden, self.num_outputs = num_inputs, num_hidden, num_outputs
         self.reg_lambda = float(reg_lambda)
         self.gate_noise_level = float(gate_noise_level)
-        empty = lambda *shape: nn.Parameter(torch.empty(*shape))
-        self.w_gx, self.w_gh, self.b_g = empty(num_hidden, num_inputs), empty(num_hidden, num_hidden), empty(num_hidden)
-        self.w_rx, self.w_rh, self.b_r = empty(num_hidden, num_inputs), empty(num_hidden, num_hidden), empty(num_hidden)
-        self.w_px, self.w_ph, self.b_p = empty(num_outputs, num_inputs), empty(num_outputs, num_hidden), empty(num_outputs)
-        self.w_ox, self.w_oh, self.b_o = empty(num_outputs, num_inputs), empty(num_outputs, num_hidden), empty(num_outputs)
+        i, hd, o = num_inputs, num_hidden, num_outputs
+        empty = lambda *shape: nn.Parameter(torch.empty(*shape))  # noqa: E731
+        self.w_gx, self.w_gh, self.b_g = empty(hd, i), empty(hd, hd), empty(hd)  # gate
+        self.w_rx, self.w_rh, self.b_r = empty(hd, i), empty(hd, hd), empty(hd)  # candidate
+        self.w_px, self.w_ph, self.b_p = empty(o, i), empty(o, hd), empty(o)  # output projection
+        self.w_ox, self.w_oh, self.b_o = empty(o, i), empty(o, hd), empty(o)  # output gate
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

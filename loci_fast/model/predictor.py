@@ -204,7 +204,8 @@ class LatentPredictor(nn.Module):
             raise ValueError(f"LatentPredictor traces: expected {self.num_cells} (one per cell), received "
                              f"{len(traces)}; make them with initial_state(batch_size)")
         if gate_noise is not None and len(gate_noise) != self.num_cells:
-            raise ValueError(f"LatentPredictor gate_noise: expected {self.num_cells} tensors, received {len(gate_noise)}")
+            raise ValueError(f"LatentPredictor gate_noise: expected {self.num_cells} tensors (one per cell), "
+                             f"received {len(gate_noise)}")
         g = gestalt.reshape(b * o, c)
         x = torch.cat([position.reshape(b * o, 4), g, priority.reshape(b * o, 1)], dim=1)
         out, hidden, openings = self.predictor(x, hidden, traces, gate_noise)

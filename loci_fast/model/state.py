@@ -102,7 +102,8 @@ class SlotState:
     def from_state_dict(cls, state: Mapping[str, torch.Tensor]) -> "SlotState":
         """Inverse of :meth:`state_dict`. Raises ValueError naming a missing or unknown key."""
         if "predictor_hidden" not in state:
-            raise ValueError("slot state: key 'predictor_hidden' is missing; was this written by SlotState.state_dict()?")
+            raise ValueError("slot state: key 'predictor_hidden' is missing; was this written by "
+                             "SlotState.state_dict()?")
         cells: dict[int, dict[str, torch.Tensor]] = {}
         optional, extra = {}, {}
         for key, value in state.items():
@@ -111,7 +112,8 @@ class SlotState:
             if key.startswith(TRACES_PREFIX):
                 cell, _, name = key[len(TRACES_PREFIX):].partition(".")
                 if not cell.isdigit() or name not in EpropTraces._fields:
-                    raise ValueError(f"slot state: bad trace key {key!r}, expected traces.<cell>.<{'|'.join(EpropTraces._fields)}>")
+                    raise ValueError(f"slot state: bad trace key {key!r}, expected "
+                                     f"traces.<cell>.<{'|'.join(EpropTraces._fields)}>")
                 cells.setdefault(int(cell), {})[name] = value
             elif key.startswith("extra."):
                 extra[key[len("extra."):]] = value

@@ -41,7 +41,8 @@ class UpdateGate(nn.Module):
                  noise_level: float = 0.1, reg_lambda: float = 1e-5) -> None:
         super().__init__()
         if num_layers < 2:
-            raise ValueError(f"UpdateGate num_layers: expected at least 2 (input and output layer), received {num_layers}")
+            raise ValueError(f"UpdateGate num_layers: expected at least 2 (input and output layer), "
+                             f"received {num_layers}")
         self.gestalt_size, self.num_slots = gestalt_size, num_slots
         num_inputs = 2 * (3 * gestalt_size + 7)  # per state: position 4, gestalt 3G+1, priority 1, occlusion 1
         self.layers = nn.Sequential(
@@ -54,7 +55,7 @@ class UpdateGate(nn.Module):
 
     @classmethod
     def from_config(cls, model_cfg: Any) -> "UpdateGate":
-        """From the ``model`` section (upstream keys ``predictor.gate.{num_hidden,num_layers,noise_level,reg_lambda}``)."""
+        """From the ``model`` section: G, O and ``predictor.gate.{num_hidden,num_layers,noise_level,reg_lambda}``."""
         gate = model_cfg["predictor"]["gate"]
         return cls(int(model_cfg["gestalt_size"]), int(gate["num_hidden"]), int(gate["num_layers"]),
                    int(model_cfg["num_slots"]), float(cfg_get(gate, "noise_level", 0.1)),

@@ -114,7 +114,8 @@ def test_reinitialisation_and_draws(gen):
     noise = torch.zeros(B, 1, H, W)
     noise[:, 0, 2, 3] = 1.0
     drawn = od(flat, None, None, None, None, None, uniform_noise=noise)
-    torch.testing.assert_close(drawn.position.view(B, O, 4)[:, :, :2], torch.tensor([3 / 4 - 1, 2 / 3 - 1]).expand(B, O, 2))
+    torch.testing.assert_close(drawn.position.view(B, O, 4)[:, :, :2],
+                               torch.tensor([3 / 4 - 1, 2 / 3 - 1]).expand(B, O, 2))
     # gradients: latents of kept slots, depth and std through re-initialised ones
     leaves = [t.clone().requires_grad_() for t in (p, g, pi)]
     out = od(error, mask, *leaves, visibility, sampled_indices=idx)
