@@ -13,7 +13,8 @@ Random draws happen where upstream makes them (§14.1), inside the modules, in t
 background's, ObjectDiscovery's, the encoder's Binarize (training), the current decode's priority
 noise, then on prediction steps the update gate's, the predictor's and the next decode's.
 
-Not here yet: inference modes "regularization" (the similarity mask drop, §1.4) and "segmentation"
+Inference modes "random" and "regularization" (on teacher-forcing steps the decodes drop slots that
+look like a near duplicate of another, :func:`similarity_mask_drop`). Not here yet: "segmentation"
 (the proposal, §13.4), and the auxiliary losses (position and time regularisers, §16.3), which a
 training stage computes from the returned ``last`` values and the prediction.
 """
@@ -35,7 +36,45 @@ from .state import SlotState, initial_slot_state
 from .update_gate import UpdateGate
 
 VISIBLE = 0.8  # mask value above which a pixel counts as visible in the occlusion ratio
-MODES = ("random",)
+MODES = ("random", "regularization")
+DROP_VISIBLE = 0.75  # a slot whose composited mask never exceeds this is "invisible" to the mask drop
+DROP_SIGMA_SCALE = 25.0
+DROP_LOGIT = -10.0  # mask logit of a dropped slot
+
+
+def similarity_mask_drop(position: torch.Tensor, gestalt: torch.Tensor, mask_logits: torch.Tensor,
+                         noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Upstream's "regularization" mask drop (reference §1.4): mask logits with near-duplicate slots set to -10.
+
+    Similarity of slots i < j = Pearson correlation of their gestalts (over the 3G+1 values) times a
+    closeness weight exp(-|q_i - q_j| / (2·25·s_i·s_j + 1e-5)), q = (x, y, z, z), s = std. Invisible
+    slots (composited mask max <= 0.75) count with position 0 and gestalt 0.5 + 0.01·ε, ε (B, 3G+1, O)
+    = ``randn_like`` unless ``noise`` is given; it is drawn on every call. After relu, subtracting the
+    batch mean m and dividing by 1 - m, slot i is dropped if any later slot j has similarity >= 1e-5.
+    No gradient flows through the decision.
+    """
+    b, o = mask_logits.shape[:2]
+    competitor = torch.ones_like(mask_logits[:, :1])
+    visible = (torch.softmax(torch.cat([mask_logits, competitor], 1), 1)[:, :-1].amax(dim=(2, 3)) > DROP_VISIBLE)
+    visible = visible.to(mask_logits.dtype).detach().view(b, 1, o)
+    codes = gestalt.detach().view(b, o, -1).transpose(1, 2)  # (B, 3G+1, O)
+    if noise is None:
+        noise = torch.randn_like(codes)
+    codes = codes * visible + (1 - visible) * (0.5 + noise * 0.01)
+    where = position.detach().view(b, o, 4) * visible.view(b, o, 1)  # (B, O, 4)
+    q = torch.cat([where[..., :3], where[..., 2:3]], dim=2)
+    std = where[..., 3]
+    distance = torch.sqrt(((q[:, :, None] - q[:, None]) ** 2).sum(-1))
+    closeness = torch.exp(-distance / (2 * (std[:, :, None] * std[:, None] * DROP_SIGMA_SCALE) + 1e-5))
+    centred = codes - codes.mean(dim=1, keepdim=True)
+    cov = centred.transpose(1, 2).bmm(centred) / (codes.shape[1] - 1)
+    var = torch.diagonal(cov, dim1=-2, dim2=-1)
+    similarity = torch.relu(cov / torch.sqrt(var[:, :, None] * var[:, None]) * closeness)
+    mean = similarity.mean()
+    similarity = torch.relu(similarity - mean) / (1 - mean)
+    similarity = torch.triu(similarity) * (1 - torch.eye(o, dtype=similarity.dtype, device=similarity.device))
+    keep = (similarity.amax(dim=2) < 1e-5).to(mask_logits.dtype).view(b, o, 1, 1)
+    return mask_logits * keep + DROP_LOGIT * (1 - keep)
 
 
 class StepOutput(NamedTuple):
@@ -75,9 +114,13 @@ class Loci(nn.Module):
         return initial_slot_state(batch_size, self.num_slots, self.predictor.width, self.predictor.num_cells,
                                   device=device, dtype=dtype)
 
-    def run_decoder(self, position, gestalt, priority, bg_rgb, bg_depth, compute_raw: bool) -> dict[str, torch.Tensor]:
-        """Decode the slots and composite them over the background (§8.5)."""
+    def run_decoder(self, position, gestalt, priority, bg_rgb, bg_depth, compute_raw: bool,
+                    teacher_forcing: bool = False) -> dict[str, torch.Tensor]:
+        """Decode the slots and composite them over the background (§8.5); the "regularization" mode's
+        mask drop acts on teacher-forcing steps."""
         mask, rgb, depth, mask_raw, depth_raw = self.decoder(position, gestalt, priority, compute_raw=compute_raw)
+        if teacher_forcing and self.inference_mode == "regularization":
+            mask = similarity_mask_drop(position, gestalt, mask)
         full_mask, output_rgb, output_depth = K.composite_slots(mask, rgb, depth, bg_rgb, bg_depth)
         mask_raw = competitor_sigmoid(mask_raw)
         visible = (full_mask[:, :-1] > VISIBLE).sum(dim=(2, 3)).to(mask.dtype)
@@ -122,7 +165,8 @@ class Loci(nn.Module):
         mask_raw_last, occlusion_last = s.mask_raw, s.occlusion
         if rgb_last is None or depth_raw_last is None or depth_in is None or mask_raw_last is None \
                 or occlusion_last is None:
-            redo = self.run_decoder(position_last, gestalt_last, None, bg_rgb_last, bg_depth_last, True)
+            redo = self.run_decoder(position_last, gestalt_last, None, bg_rgb_last, bg_depth_last, True,
+                                    teacher_forcing)
             rgb_last = redo["rgb"] if rgb_last is None else rgb_last
             depth_raw_last = redo["depth_raw"] if depth_raw_last is None else depth_raw_last
             depth_in = redo["output_depth"] if depth_in is None else depth_in
@@ -135,7 +179,7 @@ class Loci(nn.Module):
         position, gestalt, priority = self.encoder(input_rgb, depth_in, error_last, mask_last, mask_raw_last,
                                                    rgb_last, depth_raw_last, position_last, gestalt_last,
                                                    slot_reset=found.slot_reset, use_hyper_weights=True)
-        current = self.run_decoder(position, gestalt, priority, bg_rgb_last, bg_depth_last, True)
+        current = self.run_decoder(position, gestalt, priority, bg_rgb_last, bg_depth_last, True, teacher_forcing)
         prediction: dict[str, torch.Tensor] = {"bg_rgb": bg_rgb, "bg_depth": bg_depth}
         hidden = s.predictor_hidden
         if not teacher_forcing:

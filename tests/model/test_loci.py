@@ -1,8 +1,8 @@
 """Loci's per-frame step (§14): shapes and the hand-over of the explicit state, a resume from a
 checkpointed state mid-sequence, and (with LOCI_FAST_UPSTREAM) parity with upstream's Loci over 4
 frames (2 teacher-forced, 2 predicted) in one graph, upstream's draws replayed in order: every
-output within 1e-5 relative in training and evaluation mode, and in training mode every parameter
-gradient of the chunk's loss within 1e-4."""
+output within 1e-5 relative in training and evaluation mode, inference modes random and
+regularization, and in training mode every parameter gradient of the chunk's loss within 1e-4."""
 import contextlib
 import copy
 import io
@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 from loci_fast.kernels import use_backend
-from loci_fast.model.loci import Loci
+from loci_fast.model.loci import Loci, similarity_mask_drop
 from loci_fast.model.state import SlotState
 from loci_fast.model.upstream import convert_state_dict
 from tests.model.test_blocks import upstream_modules
-from tests.model.upstream_draws import record_draws, rel_err, replay_draws
+from tests.model.upstream_draws import record_draws, rel_err, replay_draws, take
 
 REPO = Path(__file__).resolve().parents[2]
 UPSTREAM = os.environ.get("LOCI_FAST_UPSTREAM")
@@ -90,7 +90,42 @@ def test_step_shapes_and_state(gen):
     assert torch.equal(outs[1].state.position, outs[1].reconstruction["position"])  # teacher forcing carries rec
     assert state.traces[0].gx.abs().sum() > 0 and state.visibility.shape == (B, o)
     with pytest.raises(ValueError, match="inference_mode"):
-        Loci.from_config(tiny_cfg(inference_mode="regularization"), StubBackground())
+        Loci.from_config(tiny_cfg(inference_mode="segmentation"), StubBackground())
+
+
+def drop_inputs(gen, b=2, o=4, c=13, h=6):
+    """Slots 0 and 2 of each sample are duplicates (same code, nearly the same place); slot 3 is invisible."""
+    position = torch.cat([torch.rand(b, o, 3, generator=gen), 0.1 + 0.2 * torch.rand(b, o, 1, generator=gen)], 2)
+    position[:, 2] = position[:, 0] + 0.001
+    gestalt = torch.rand(b, o, c, generator=gen)
+    gestalt[:, 2] = gestalt[:, 0]
+    logits = 2 * torch.randn(b, o, h, h, generator=gen)
+    logits[:, :3, 0, 0] = 20.0  # visible: one pixel each where the slot clearly wins
+    logits[:, :3, 0, 0] += torch.arange(3.0)
+    logits[:, 0, 1, 1] = logits[:, 1, 2, 2] = logits[:, 2, 3, 3] = 30.0
+    logits[:, 3] = -30.0
+    return position.view(b, o * 4), gestalt.view(b, o * c), logits
+
+
+def test_similarity_mask_drop(gen):
+    position, gestalt, logits = drop_inputs(gen)
+    noise = torch.randn(2, 13, 4, generator=gen)
+    out = similarity_mask_drop(position, gestalt, logits.clone().requires_grad_(), noise)
+    dropped = (out == -10).flatten(2).all(2)
+    assert dropped[:, 0].all() and not dropped[:, 1:3].any()  # the earlier of the two duplicates goes
+    torch.testing.assert_close(out[:, 1:3], logits[:, 1:3])
+    # moving the duplicate far away keeps it (the closeness weight), as does decorrelating its code
+    far = position.view(2, 4, 4).clone()
+    far[:, 2, :3] += 5
+    assert not (similarity_mask_drop(far.view(2, 16), gestalt, logits, noise) == -10).flatten(2).all(2)[:, 0].any()
+    other = gestalt.view(2, 4, 13).clone()
+    other[:, :3] = torch.eye(13)[:3]  # distinct one-hot codes correlate negatively
+    kept = similarity_mask_drop(position, other.view(2, 52), logits, noise)
+    assert not (kept == -10).flatten(2).all(2)[:, :3].any()
+    # the noise is drawn (B, 3G+1, O) when not given, on every call
+    with record_draws() as log:
+        similarity_mask_drop(position, gestalt, logits)
+    assert [(k, tuple(v.shape)) for k, v in log] == [("randn_like", (2, 13, 4))]
 
 
 def test_resume_from_a_checkpointed_state(gen, tmp_path):
@@ -123,6 +158,19 @@ def test_resume_from_a_checkpointed_state(gen, tmp_path):
 
 
 # ---------------------------------------------------------------- upstream parity (optional)
+
+@pytest.mark.skipif(not UPSTREAM, reason="set LOCI_FAST_UPSTREAM to an upstream checkout")
+def test_upstream_mask_drop_parity(gen):
+    with upstream_modules(UPSTREAM) as import_upstream:
+        up = import_upstream("utils.utils").RadomSimilarityBasedMaskDrop()
+        for trial in range(3):
+            position, gestalt, logits = drop_inputs(gen)
+            if trial == 2:  # no planted duplicates: whatever the batch statistics decide
+                gestalt = torch.rand(gestalt.shape, generator=gen)
+            with record_draws() as log:
+                ref = up(position, gestalt, logits)
+            out = similarity_mask_drop(position, gestalt, logits, take(log, "randn_like"))
+            assert torch.equal(out, ref)
 
 class _Attr(dict):
     def __getattr__(self, key):
@@ -188,9 +236,10 @@ def _loss(outs):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not UPSTREAM, reason="set LOCI_FAST_UPSTREAM to an upstream checkout")
-@pytest.mark.parametrize("train", [True, False])
-def test_upstream_parity(gen, train):
-    cfg = tiny_cfg()
+@pytest.mark.parametrize("train,mode", [(True, "random"), (False, "random"), (True, "regularization"),
+                                        (False, "regularization")])
+def test_upstream_parity(gen, train, mode):
+    cfg = tiny_cfg(inference_mode=mode)
     schedule = [-2, -1, 0, 1]
     with upstream_loci(UPSTREAM) as UpstreamLoci:
         torch.manual_seed(0)
