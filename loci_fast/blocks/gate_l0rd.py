@@ -81,8 +81,10 @@ class GateL0RD(nn.Module):
                 EpropTraces.zeros(batch, self.num_inputs, self.num_hidden, device=device, dtype=dtype))
 
     def draw_gate_noise(self) -> torch.Tensor:
-        """The (Hd,) gate noise, drawn as upstream draws it (global RNG, float32, on the weights' device)."""
-        return torch.normal(mean=0.0, std=self.gate_noise_level, size=(self.num_hidden,), device=self.b_g.device)
+        """The (Hd,) gate noise, drawn as upstream draws it (global RNG, float32, on the weights' device),
+        then cast to the weights' dtype."""
+        noise = torch.normal(mean=0.0, std=self.gate_noise_level, size=(self.num_hidden,), device=self.b_g.device)
+        return noise.to(self.b_g.dtype)
 
     def _check(self, x: torch.Tensor, h_last: torch.Tensor, traces, gate_noise: torch.Tensor) -> None:
         n, i, hd = x.shape[0], self.num_inputs, self.num_hidden

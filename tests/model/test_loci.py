@@ -89,6 +89,8 @@ def test_step_shapes_and_state(gen):
     assert torch.equal(state.position, pred["position"]) and torch.equal(state.mask, pred["mask"])
     assert torch.equal(outs[1].state.position, outs[1].reconstruction["position"])  # teacher forcing carries rec
     assert state.traces[0].gx.abs().sum() > 0 and state.visibility.shape == (B, o)
+    # the only buffers are ObjectDiscovery's persistent threshold and permanence counter: no hidden state
+    assert sorted(n for n, _ in model.named_buffers()) == ["object_discovery.init.init", "object_discovery.threshold"]
     with pytest.raises(ValueError, match="inference_mode"):
         Loci.from_config(tiny_cfg(inference_mode="segmentation"), StubBackground())
 
@@ -199,7 +201,7 @@ def upstream_loci(root):
         sys.modules.update(saved)
 
 
-def _upstream_frames(up, rgbs, schedule, logs):
+def _upstream_frames(up, rgbs, schedule, logs, depths=None):
     """LociModule.model_step's loop over one chunk from a sequence start (§17.5)."""
     none = dict.fromkeys(("rgb", "depth_raw", "mask", "mask_raw", "occlusion", "position", "gestalt", "priority",
                           "output_depth"))
@@ -208,7 +210,7 @@ def _upstream_frames(up, rgbs, schedule, logs):
     for t, tau in enumerate(schedule):
         last = output["prediction"] if tau > 0 else output["reconstruction"]
         with record_draws() as log:
-            output = up(input_rgb=rgbs[t], input_depth=last["output_depth"],
+            output = up(input_rgb=rgbs[t], input_depth=last["output_depth"] if depths is None else depths[t],
                         bg_rgb_last=output["prediction"]["bg_rgb"], bg_depth_last=output["prediction"]["bg_depth"],
                         rgb_last=last["rgb"] if t > 0 else None, depth_raw_last=last["depth_raw"] if t > 0 else None,
                         mask_last=last["mask"], mask_raw_last=last["mask_raw"], occlusion_last=last["occlusion"],
@@ -236,10 +238,11 @@ def _loss(outs):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not UPSTREAM, reason="set LOCI_FAST_UPSTREAM to an upstream checkout")
-@pytest.mark.parametrize("train,mode", [(True, "random"), (False, "random"), (True, "regularization"),
-                                        (False, "regularization")])
-def test_upstream_parity(gen, train, mode):
-    cfg = tiny_cfg(inference_mode=mode)
+@pytest.mark.parametrize("train,mode,depth", [(True, "random", False), (False, "random", False),
+                                              (True, "regularization", False), (False, "regularization", False),
+                                              (True, "random", True)])
+def test_upstream_parity(gen, train, mode, depth):
+    cfg = tiny_cfg(inference_mode=mode, input_depth=depth)
     schedule = [-2, -1, 0, 1]
     with upstream_loci(UPSTREAM) as UpstreamLoci:
         torch.manual_seed(0)
@@ -257,14 +260,16 @@ def test_upstream_parity(gen, train, mode):
                 m.encoder.priority_encoder.priority_factor.fill_(0.7)
         up.train(train), ours.train(train)
         rgbs = frames(gen)
+        depths = [0.2 + torch.rand(B, 1, 64, 64, generator=gen) for _ in rgbs] if depth else None
         up.reset_state()
         logs = []
-        up_outs = _upstream_frames(up, rgbs, schedule, logs)
+        up_outs = _upstream_frames(up, rgbs, schedule, logs, depths)
         state, our_outs = ours.initial_state(B), []
         with use_backend("reference"):
             for t, tau in enumerate(schedule):
                 with replay_draws(logs[t]):
-                    out = ours(rgbs[t], None, state, teacher_forcing=tau < 0, redecode_last=t == 0)
+                    out = ours(rgbs[t], None if depths is None else depths[t], state, teacher_forcing=tau < 0,
+                               redecode_last=t == 0)
                 state = out.state
                 our_outs.append({"reconstruction": out.reconstruction, "prediction": out.prediction})
         for t, (a, u) in enumerate(zip(our_outs, up_outs)):
