@@ -301,3 +301,78 @@ def test_upstream_parity(gen, train, mode, depth):
             assert err < 1e-4, f"gradient of {name}: {err}"
             checked += 1
         assert checked > 100
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not UPSTREAM, reason="set LOCI_FAST_UPSTREAM to an upstream checkout")
+def test_upstream_parity_across_a_truncation(gen):
+    """Chunk 1 (frames -1, 0, 1) backpropagated, then a truncated-BPTT boundary (upstream: net.detach(),
+    the outputs detached, the last slot images decoded again; ours: state.detach(), redecode_last), then
+    chunk 2 (frames 2, 3): its outputs and gradients equal upstream's; the traces run on unreset."""
+    cfg = tiny_cfg()
+    with upstream_loci(UPSTREAM) as UpstreamLoci:
+        torch.manual_seed(0)
+        with contextlib.redirect_stdout(io.StringIO()):
+            up = UpstreamLoci(_Attr(cfg))
+        ours = Loci.from_config(cfg, copy.deepcopy(up.background))
+        sd = up.state_dict()
+        converted = convert_state_dict({k: v for k, v in sd.items() if k.startswith(("encoder.", "decoder."))})
+        ours.load_state_dict({**converted, **{k: v for k, v in sd.items() if k not in converted and not k.startswith(
+            ("encoder.", "decoder.", "translation_invariant", "mask_modulated", "position_loss", "modulator"))}},
+            strict=True)
+        open_paths(up, gen), open_paths(ours, gen)
+        up.train(), ours.train()
+        rgbs = frames(gen, 5)
+        up.reset_state()
+        none = dict.fromkeys(("rgb", "depth_raw", "mask", "mask_raw", "occlusion", "position", "gestalt", "priority",
+                              "output_depth"))
+        output = {"reconstruction": dict(none), "prediction": dict(none, bg_rgb=None, bg_depth=None)}
+        state, logs, up_chunk, our_chunk = ours.initial_state(B), [], [], []
+        for chunk, schedule in enumerate(([-1, 0, 1], [2, 3])):
+            up.detach()
+            output = {part: {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in d.items()}
+                      for part, d in output.items() if part in ("reconstruction", "prediction")}
+            state = state.detach()
+            up_outs, our_outs = [], []
+            for t, tau in enumerate(schedule):
+                frame = 3 * chunk + t
+                last = output["prediction"] if tau > 0 else output["reconstruction"]
+                with record_draws() as log:
+                    output = up(input_rgb=rgbs[frame], input_depth=last["output_depth"],
+                                bg_rgb_last=output["prediction"]["bg_rgb"],
+                                bg_depth_last=output["prediction"]["bg_depth"],
+                                rgb_last=last["rgb"] if t > 0 else None,
+                                depth_raw_last=last["depth_raw"] if t > 0 else None, mask_last=last["mask"],
+                                mask_raw_last=last["mask_raw"], occlusion_last=last["occlusion"],
+                                position_last=last["position"], gestalt_last=last["gestalt"],
+                                priority_last=last["priority"], teacher_forcing=torch.tensor(tau < 0), reset=False,
+                                detach=False, evaluate=False, test=False)
+                up_outs.append(output)
+                with use_backend("reference"), replay_draws(log):
+                    out = ours(rgbs[frame], None, state, teacher_forcing=tau < 0, redecode_last=t == 0)
+                state = out.state
+                our_outs.append({"reconstruction": out.reconstruction, "prediction": out.prediction})
+            up_params = [(n, p) for n, p in up.named_parameters() if p.requires_grad]
+            up_grads = dict(zip([n for n, _ in up_params], torch.autograd.grad(
+                _loss(up_outs), [p for _, p in up_params], allow_unused=True)))
+            our_params = dict(ours.named_parameters())
+            our_grads = dict(zip(our_params, torch.autograd.grad(_loss(our_outs), list(our_params.values()),
+                                                                 allow_unused=True)))
+            up_chunk.append((up_outs, up_grads)), our_chunk.append((our_outs, our_grads))
+        for (up_outs, up_grads), (our_outs, our_grads) in zip(up_chunk, our_chunk):
+            for a, u in zip(our_outs, up_outs):
+                for part in ("reconstruction", "prediction"):
+                    for key in KEYS:
+                        if key in u[part]:
+                            assert rel_err(a[part][key], u[part][key]) < 1e-5, (part, key)
+            checked = 0
+            for name, g in up_grads.items():
+                if g is not None and name in our_grads:
+                    assert our_grads[name] is not None, name
+                    assert rel_err(our_grads[name].reshape(g.shape), g) < 1e-4, name
+                    checked += 1
+            assert checked > 100
+        assert state.traces[1].gx.abs().sum() > 0 and up.predictor.predictor.l0rds[1].l0rd.e_w_gx.abs().sum() > 0
+        for k, cell in enumerate(up.predictor.predictor.l0rds):  # the traces ran on through the boundary
+            for ours_t, name in zip(state.traces[k], ("e_w_gx", "e_w_gh", "e_b_g", "e_w_rx", "e_w_rh", "e_b_r")):
+                assert rel_err(ours_t, getattr(cell.l0rd, name)) < 1e-5, (k, name)
