@@ -327,7 +327,7 @@ def test_upstream_parity_across_a_truncation(gen):
         none = dict.fromkeys(("rgb", "depth_raw", "mask", "mask_raw", "occlusion", "position", "gestalt", "priority",
                               "output_depth"))
         output = {"reconstruction": dict(none), "prediction": dict(none, bg_rgb=None, bg_depth=None)}
-        state, logs, up_chunk, our_chunk = ours.initial_state(B), [], [], []
+        state, up_chunk, our_chunk = ours.initial_state(B), [], []
         for chunk, schedule in enumerate(([-1, 0, 1], [2, 3])):
             up.detach()
             output = {part: {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in d.items()}
