@@ -34,6 +34,12 @@ COMPAT_FLAGS: dict[str, tuple[bool, str]] = {
         "call, in evaluation too, advancing the RNG even where only the clean map is used. False: in "
         "evaluation the noised map is the clean one and nothing is drawn. (Read by UncertaintyBackground.)",
     ),
+    "predictor_repeat_attention_stack": (
+        True,
+        "§24.6c: each of the predictor's iterations runs the whole stack of its attention layers before "
+        "its GateL0RD cell (3 layers: 9 attention calls per step). False: iteration i runs attention "
+        "layer i only (3 calls). (Read by LatentPredictor.)",
+    ),
 }
 
 
