@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .eprop_function import eprop_gate_l0rd
+from loci_fast.kernels import eprop_gate_l0rd  # the fused op; LOCI_FAST_KERNELS picks Triton or the reference
 
 
 class EpropTraces(NamedTuple):

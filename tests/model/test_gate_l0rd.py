@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from loci_fast.blocks.eprop_function import eprop_gate_l0rd
+from loci_fast.kernels import eprop_gate_l0rd
 from loci_fast.blocks.gate_l0rd import EpropTraces, GateL0RD
 from loci_fast.blocks.retanh import ReTanh, retanh
 from tests.model.test_blocks import upstream_modules
