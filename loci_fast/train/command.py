@@ -16,7 +16,7 @@ import sys
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``train`` and ``export`` subcommands."""
     p = subparsers.add_parser(
-        "train", help="train one stage under DeepSpeed (mask, depth, rgb, stage1, stage2)",
+        "train", help="train one stage under DeepSpeed (mask, depth, rgb, stage1, stage2, background, proposal, ...)",
         description="Train one stage. The stage follows from the config's pretraining_mode and "
                     "pretrainer_iterations (as upstream) unless --stage names it.")
     p.add_argument("--config", required=True, help="training config (upstream JSON schema)")
@@ -34,8 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="continue a run: 'auto' = latest complete checkpoint in --out")
     p.add_argument("--max-steps", type=int, help="optimiser steps to train (default: until stopped)")
     p.add_argument("--seed", type=int, help="random seed (default: the config's seed)")
-    p.add_argument("--stage", help="stage name, overriding the config "
-                                   "(mask, depth, rgb, stage1, stage2, or module:ATTRIBUTE)")
+    p.add_argument("--stage", help="stage name, overriding the config (see loci_fast/train/stages/: "
+                                   "mask, depth, rgb, stage1, stage2, background, proposal, ...), "
+                                   "or package.module:ATTRIBUTE")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set model.batch_size=8 (repeatable)")
     p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps")
