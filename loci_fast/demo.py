@@ -115,7 +115,7 @@ def finished_step(run: Path) -> int:
     from loci_fast.train import checkpoint as ckpt
 
     tag = ckpt.latest_tag(run / ckpt.CHECKPOINT_DIR)
-    return int(tag[5:]) if tag else 0
+    return ckpt.parse_tag(tag)[0] if tag else 0
 
 
 def train_stage(stage: DemoStage, out: Path, train: str, prefix: list[str], scale: float) -> None:
