@@ -38,6 +38,10 @@ class Counts:
         return Counts(self.joint.flatten(0, 1), self.gt.flatten(0, 1), self.pred.flatten(0, 1),
                       self.pixels.flatten(0, 1))
 
+    def select(self, gt: slice = slice(None), pred: slice = slice(None)) -> "Counts":
+        """Counts of a subset of the masks, e.g. objects without the background channel."""
+        return Counts(self.joint[..., gt, pred], self.gt[..., gt], self.pred[..., pred], self.pixels)
+
     @property
     def active_pred(self) -> torch.Tensor:
         """(..., N) bool: predicted masks with any pixel on."""
@@ -60,25 +64,65 @@ def _check(pred: torch.Tensor, gt: torch.Tensor, lead: int) -> None:
         raise ValueError(f"pred is on {pred.device}, gt on {gt.device}: move both to one device")
 
 
+def _with_ones_row(masks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(b, k, P) masks as (b, k + 1, P) in ``dtype`` with a last row of ones: its products are the
+    other stack's per-mask pixel counts, so one matmul gives the joint counts and both marginals."""
+    b, k, p = masks.shape
+    out = torch.empty((b, k + 1, p), dtype=dtype, device=masks.device)
+    out[:, :k].copy_(masks)
+    out[:, k].fill_(1)
+    return out
+
+
+def _labels(on: torch.Tensor) -> torch.Tensor | None:
+    """Per pixel 1 + the index of the one mask on, 0 where none is: bool (b, k, P) -> (b, P)
+    integers; None when some pixel is in two masks."""
+    b, k, p = on.shape
+    # Same-dtype adds of the bool bytes: one cheap pass per mask (an argmax over masks is slow).
+    ints = on.view(torch.uint8) if k < 255 else on.to(torch.int64)
+    label = torch.zeros((b, p), dtype=ints.dtype, device=on.device)
+    hits = torch.zeros_like(label)
+    for i in range(k):
+        hits.add_(ints[:, i])
+        label.add_(ints[:, i], alpha=i + 1)
+    if int(hits.amax()) > 1:
+        return None
+    return label
+
+
+def _counts_from_labels(pred: torch.Tensor, gt: torch.Tensor, n: int, m: int) -> Counts:
+    """Counts of exclusive masks from their label maps (b, P): one histogram of label pairs."""
+    b, pixels = pred.shape
+    offset = torch.arange(b, device=pred.device)[:, None] * ((m + 1) * (n + 1))
+    key = gt.to(torch.int64) * (n + 1) + pred + offset
+    table = torch.bincount(key.flatten(), minlength=b * (m + 1) * (n + 1))
+    table = table.view(b, m + 1, n + 1).double()  # row / column 0: in no mask
+    return Counts(table[:, 1:, 1:], table[:, 1:].sum(-1), table[:, :, 1:].sum(-2),
+                  torch.full((b,), float(pixels), dtype=torch.float64, device=pred.device))
+
+
 def counts(pred: torch.Tensor, gt: torch.Tensor) -> Counts:
     """Counts of pred (B, N, *pixels) against gt (B, M, *pixels), binary (0/1, bool or float) masks.
 
-    One batched matmul over the pixels (exact: 0/1 products summed in float32 below 2**24 pixels
-    per sample, float64 beyond). Soft masks give the sums of products, as upstream's loop does.
+    Exact. Bool masks in which no pixel is in two masks (thresholded softmax masks, segmentations)
+    are counted as a histogram of per-pixel label pairs; other masks by one batched matmul over the
+    pixels (0/1 products summed in float32 below 2**24 pixels per sample, float64 beyond). Soft
+    masks give the sums of products, as upstream's loop does.
     """
     _check(pred, gt, 1)
     b, n, m = pred.shape[0], pred.shape[1], gt.shape[1]
     p = pred.reshape(b, n, -1)
     g = gt.reshape(b, m, -1)
+    if p.dtype == torch.bool and g.dtype == torch.bool and n and m:
+        pl = _labels(p)
+        gl = _labels(g) if pl is not None else None
+        if gl is not None:
+            return _counts_from_labels(pl, gl, n, m)
     dtype = torch.float32 if p.shape[-1] < _EXACT_F32 else torch.float64
-    if not p.dtype.is_floating_point or p.dtype in (torch.float16, torch.bfloat16):
-        p = p.to(dtype)
-    if not g.dtype.is_floating_point or g.dtype in (torch.float16, torch.bfloat16):
-        g = g.to(dtype)
-    p, g = p.to(torch.promote_types(p.dtype, g.dtype)), g.to(torch.promote_types(p.dtype, g.dtype))
-    joint = torch.bmm(g, p.transpose(1, 2)).double()
-    pixels = torch.full((b,), float(p.shape[-1]), dtype=torch.float64, device=p.device)
-    return Counts(joint, g.sum(-1, dtype=torch.float64), p.sum(-1, dtype=torch.float64), pixels)
+    if pred.dtype == torch.float64 or gt.dtype == torch.float64:
+        dtype = torch.float64
+    table = torch.bmm(_with_ones_row(g, dtype), _with_ones_row(p, dtype).transpose(1, 2)).double()
+    return Counts(table[:, :m, :n], table[:, :m, n], table[:, m, :n], table[:, m, n])
 
 
 def video_counts(pred: torch.Tensor, gt: torch.Tensor) -> Counts:

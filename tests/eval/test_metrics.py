@@ -202,3 +202,14 @@ def test_prediction_targets_off_by_one():
     assert torch.equal(metrics.prediction_targets(gt, metric="seq_ari", convention="upstream"), gt[:, :-1])
     assert torch.equal(metrics.prediction_targets(gt, metric="ari", convention="upstream"), gt[:, 1:])
     assert torch.equal(metrics.prediction_targets(gt, metric="miou", convention="standard"), gt[:, 1:])
+
+
+@pytest.mark.parametrize("maker", [random_exclusive, random_overlapping])
+def test_label_histogram_and_matmul_counts_agree(maker):
+    gen = torch.Generator().manual_seed(23)
+    pred, gt = maker(gen, 3, 5, 4, 9, 10)
+    fast = metrics.counts(pred.bool(), gt.bool())  # label pairs when exclusive, else the matmul
+    slow = metrics.counts(pred, gt)  # float masks: always the matmul
+    for name in ("joint", "gt", "pred", "pixels"):
+        torch.testing.assert_close(getattr(fast, name), getattr(slow, name), atol=0, rtol=0)
+    assert int(slow.joint.sum()) > 0
