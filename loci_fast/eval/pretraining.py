@@ -45,11 +45,19 @@ class PretrainerEvaluator:
         self.size = tuple(int(s) for s in cfg["model"]["input_size"])
 
     def batches(self, shards: Any, *, batch_size: int, seed: int = 7) -> Iterator[dict[str, Any]]:
-        """Crops drawn as in training (around the object, random scale) from ``shards``, endlessly."""
+        """Crops drawn as in training (around the object, random scale) from ``shards``, endlessly
+        (epoch after epoch of the loader, each reshuffled)."""
         from loci_fast.data.loaders import object_crops
 
-        return iter(object_crops(shards, batch_size=batch_size, size=self.size, seed=seed, rank=0, world_size=1,
-                                 num_workers=0, augment=True, training=True))
+        loader = object_crops(shards, batch_size=batch_size, size=self.size, seed=seed, rank=0, world_size=1,
+                              num_workers=0, augment=True, training=True)
+        while True:
+            empty = True
+            for batch in loader:
+                empty = False
+                yield batch
+            if empty:
+                raise ValueError(f"no crops of batch size {batch_size} in {shards}")
 
     @torch.no_grad()
     def evaluate(self, batch: dict[str, Any], index: int, *, seed: int = 0) -> BatchResult:

@@ -21,8 +21,8 @@ CONFIG = REPO / "configs" / "tiny" / "pretrain-encoder-decoder-stage1.json"
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> str:
     tmp = tmp_path_factory.mktemp("eval-data")
-    proc = subprocess.run([sys.executable, "-m", "loci_fast.cli", "data", "synth", "--out", str(tmp), "--videos", "2",
-                           "--frames", "3", "--size", "64", "--objects", "1", "2", "--shard-videos", "1",
+    proc = subprocess.run([sys.executable, "-m", "loci_fast.cli", "data", "synth", "--out", str(tmp), "--videos", "3",
+                           "--frames", "4", "--size", "64", "--objects", "2", "2", "--shard-videos", "1",
                            "--workers", "1", "--no-progress", "--split", "val"],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -111,3 +111,20 @@ def test_resume_with_other_settings_is_refused(weights, shards, tmp_path, capsys
     assert _eval(weights["export"], shards, tmp_path / "r", "--batches", "1", "--seed", "8") == 2
     assert "--fresh" in capsys.readouterr().err
     assert _eval(weights["export"], shards, tmp_path / "r", "--batches", "1", "--seed", "8", "--fresh") == 0
+
+
+def test_demo_report_numbers_come_from_the_evaluator(weights, shards, tmp_path):
+    from loci_fast import demo
+
+    (tmp_path / "report").mkdir()
+    (tmp_path / "stage1").symlink_to(weights["run"], target_is_directory=True)
+    stage = demo.DemoStage("stage1", "unused.json", 5)
+    demo.evaluate(stage, tmp_path, shards, batches=2)
+    assert {"loss", "mask_loss", "mean_iou", "position_px", "on_object"} <= set(stage.eval)
+    assert (tmp_path / "report" / "reconstruction-stage1.png").stat().st_size > 1000
+    assert stage.rows[:2] == ["input rgb", "input mask"]
+    # The same crops and seeds through `loci-fast eval`: the same position error.
+    assert _eval(weights["run"], shards, tmp_path / "cli", "--batches", "2", "--batch-size", "16") == 0
+    row = json.loads((tmp_path / "cli" / "results.json").read_text())["rows"][0]
+    assert row["position_px"] == pytest.approx(stage.eval["position_px"])
+    assert row["model_mean_iou"] == pytest.approx(stage.eval["mean_iou"])
