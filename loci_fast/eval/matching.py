@@ -59,7 +59,7 @@ def assign(scores: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(chosen).to(scores.device)
 
 
-def hungarian_from_counts(c: Counts, *, convention: str = "upstream") -> MatchedIoU:
+def hungarian_from_counts(c: Counts, *, convention: str = "standard") -> MatchedIoU:
     """:func:`hungarian_miou` from the counts of thresholded masks (leading dims any)."""
     check_convention(convention)
     iou, f1 = pair_scores(c, convention)
@@ -73,7 +73,7 @@ def hungarian_from_counts(c: Counts, *, convention: str = "upstream") -> Matched
 
 
 def hungarian_miou(slot_masks: torch.Tensor, instance_masks: torch.Tensor, *, threshold: float = 0.8,
-                   convention: str = "upstream") -> MatchedIoU:
+                   convention: str = "standard") -> MatchedIoU:
     """Upstream's matched mIoU / mF1 (§18.1) of slot_masks (B, N, H, W) against instance_masks (B, M, H, W).
 
     Both are binarised at > ``threshold``. Per sample: IoU of every (slot, GT) pair; the Hungarian

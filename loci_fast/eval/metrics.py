@@ -8,7 +8,8 @@ width give. Per-frame scores of videos: fold time into the batch, ``x.flatten(0,
 
 Every metric is a function of the contingency counts (:func:`counts`, one batched matmul), so
 an evaluation counts once and derives all of them (``*_from_counts``). ``convention`` selects
-upstream's numbers or the textbook definitions (:mod:`loci_fast.eval.conventions`).
+upstream's numbers or the textbook definitions (:mod:`loci_fast.eval.conventions`); every
+function defaults to ``"standard"``.
 """
 from __future__ import annotations
 

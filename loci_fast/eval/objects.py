@@ -20,7 +20,7 @@ def counting_accuracy(slot_masks: torch.Tensor, gt_masks: torch.Tensor, *, thres
 
 
 def foreground_iou_f1(fg_pred: torch.Tensor, fg_gt: torch.Tensor, *,
-                      convention: str = "upstream") -> tuple[torch.Tensor, torch.Tensor]:
+                      convention: str = "standard") -> tuple[torch.Tensor, torch.Tensor]:
     """Soft foreground IoU and F1 per sample of fg_pred (B, 1, H, W) in [0, 1] (1 − background mask)
     against the binary fg_gt (B, 1, H, W); each (B,) float64.
 

@@ -213,3 +213,20 @@ def test_label_histogram_and_matmul_counts_agree(maker):
     for name in ("joint", "gt", "pred", "pixels"):
         torch.testing.assert_close(getattr(fast, name), getattr(slow, name), atol=0, rtol=0)
     assert int(slow.joint.sum()) > 0
+
+
+@pytest.mark.gpu
+def test_metrics_on_cuda_equal_the_cpu():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    gen = torch.Generator().manual_seed(24)
+    pred, gt = random_exclusive(gen, 3, 6, 5, 32, 40)
+    for convention in metrics.CONVENTIONS:
+        cpu = metrics.ari(pred, gt, convention=convention)
+        torch.testing.assert_close(metrics.ari(pred.cuda(), gt.cuda(), convention=convention).cpu(), cpu,
+                                   atol=1e-12, rtol=0)
+        a = metrics.hungarian_miou(pred.cuda(), gt.cuda(), convention=convention)
+        b = metrics.hungarian_miou(pred, gt, convention=convention)
+        torch.testing.assert_close(a.iou_sum.cpu(), b.iou_sum, atol=1e-12, rtol=0)
+    fast = metrics.counts(pred.cuda() > 0.5, gt.cuda() > 0.5)  # the label-histogram path on the device
+    torch.testing.assert_close(fast.joint.cpu(), metrics.counts(pred, gt).joint, atol=0, rtol=0)
