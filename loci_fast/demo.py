@@ -7,8 +7,8 @@
    runs) and stage 2 (``--init-from`` stage 1), each ``deepspeed --num_gpus N --module
    loci_fast.cli train ...`` with the configs in ``configs/demo/``; GPUs when there are enough,
    else the CPU with gloo.
-3. Each stage's final weights are evaluated on held-out val crops, and ``<out>/REPORT.md`` gets
-   the loss curves, reconstructions, final losses and mean IoU.
+3. Each stage's final weights are evaluated on held-out val crops (``loci_fast.eval``), and
+   ``<out>/REPORT.md`` gets the loss curves, reconstructions, final losses and mean IoU.
 
 Every step resumes: a killed demo continues where it stopped (``--resume auto``; finished stages
 and existing data are kept). ``--fresh`` starts over.
@@ -24,6 +24,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from loci_fast.eval.pretraining import ON_OBJECT_IOU
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -134,60 +136,30 @@ def train_stage(stage: DemoStage, out: Path, train: str, prefix: list[str], scal
     stage.seconds = _run(cmd, out / "demo.log")
 
 
-ON_OBJECT_IOU = 0.25
-
-
 def evaluate(stage: DemoStage, out: Path, val: str, batches: int = 2) -> None:
-    """Final weights on held-out val crops: loss terms, mean IoU and a reconstruction grid."""
-    import torch
+    """Final weights on held-out val crops (``loci_fast.eval.pretraining``): the model's loss terms and
+    mean IoU, the position error and on-object share, and a reconstruction grid."""
     from PIL import Image
 
     from loci_fast.config import load_config
-    from loci_fast.data.loaders import object_crops
-    from loci_fast.model.pretrainer import LociPretrainer, iou_per_sample
-    from loci_fast.train import checkpoint as ckpt
+    from loci_fast.eval.pretraining import PretrainerEvaluator, batch_values
+    from loci_fast.eval.weights import load_weights
     from loci_fast.train.logs import image_grid
-    from loci_fast.train.stages.objects import LOGGED
-    from loci_fast.train.stages import get_stage
 
-    weights, client = ckpt.module_weights(out / stage.name)
-    cfg = load_config(client["config"])
-    obj = get_stage(stage.name)
-    model = LociPretrainer(cfg["model"])
-    model.load_state_dict(weights)
-    model.eval()
-    size = tuple(cfg["model"]["input_size"])
+    weights = load_weights(out / stage.name)
+    evaluator = PretrainerEvaluator(load_config(weights.config), weights.state, stage.name)
     # Crops drawn as in training (around the object, random scale), from videos never trained on.
-    stream = object_crops(val, batch_size=16, size=size, seed=7, rank=0, world_size=1,
-                          num_workers=0, augment=True, training=True)
+    stream = evaluator.batches(val, batch_size=16, seed=7)
     sums: dict[str, float] = {}
-    n = 0
-    torch.manual_seed(0)  # a reproducible report
-    with torch.no_grad():
-        for batch in stream:
-            res = model(batch["rgb"], batch["depth"], batch["mask"], obj.iterations, obj.mode)
-            for key in ("loss",) + LOGGED:
-                value = res.get(key)
-                if isinstance(value, torch.Tensor):
-                    sums[key] = sums.get(key, 0.0) + float(value)
-            if obj.mode == "all":
-                # The encoder's own (x, y) against the mask centroid, in pixels of the crop (stage 1
-                # decodes at the true position regardless; stage 2 decodes at this one).
-                _, centroid, _ = model.position_in_mask(batch["mask"])
-                err = (res["position"][:, :2].float() - centroid.float()).norm(dim=1).mean()
-                sums["position_px"] = sums.get("position_px", 0.0) + float(err) * (size[1] - 1) / 2
-                # Share of crops whose decoded mask overlaps its object (IoU >= ON_OBJECT_IOU).
-                iou = iou_per_sample(res["mask"], (batch["mask"] > 0.5).float())
-                sums["on_object"] = sums.get("on_object", 0.0) + float((iou >= ON_OBJECT_IOU).float().mean())
-            if n == 0:
-                images = obj.images(batch, res)
-                stage.rows = list(images)
-                grid = image_grid(images, max_items=8)
-                Image.fromarray(grid).save(out / "report" / f"reconstruction-{stage.name}.png")
-            n += 1
-            if n >= batches:
-                break
-    stage.eval = {k: v / max(n, 1) for k, v in sums.items()}
+    for index in range(batches):
+        result = evaluator.evaluate(next(stream), index)
+        for key, value in batch_values(result).items():
+            sums[key] = sums.get(key, 0.0) + value
+        if index == 0:
+            stage.rows = list(result.images)
+            grid = image_grid(result.images, max_items=8)
+            Image.fromarray(grid).save(out / "report" / f"reconstruction-{stage.name}.png")
+    stage.eval = {k: v / max(batches, 1) for k, v in sums.items()}
 
 
 def plot_losses(stages: list[DemoStage], out: Path) -> None:

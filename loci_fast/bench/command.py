@@ -16,6 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", nargs="+", default=None, metavar="SHARDS",
                    help="also measure decode throughput of each data view over these loci-video shards")
     p.add_argument("--data-workers", type=int, default=1, help="DataLoader workers for --data (default: 1)")
+    p.add_argument("--eval", action="store_true",
+                   help="time the evaluation metrics against upstream-style loops at MOVi shapes (instead of the op suite)")
     t = p.add_argument_group("training step (instead of the op suite)")
     t.add_argument("--train-step", metavar="CONFIG", default=None,
                    help="time training steps of this config's stage with each kernel backend, e.g. "
@@ -38,6 +40,12 @@ def run(args: argparse.Namespace) -> int:
         os.environ.setdefault("TRITON_INTERPRET", "1")
     if args.train_step:
         return _train_step(args)
+    if args.eval:
+        from .eval_metrics import run_eval_bench
+
+        results = run_eval_bench(quick=args.quick, out_dir=args.out)
+        print(f"wrote {results['path']}: {results['speedup']:.0f}x, agreement {'ok' if results['ok'] else 'FAILED'}")
+        return 0 if results["ok"] else 1
     from .runner import OPS, run_suite
 
     results = run_suite(args.ops or OPS, quick=args.quick, out_dir=args.out,
