@@ -1,4 +1,4 @@
-"""``make demo``: synthetic data, the five object stages through the DeepSpeed launcher, a report.
+"""``make demo``: synthetic data, the object stages and the background through DeepSpeed, a report.
 
     python -m loci_fast.demo [--out out/demo] [--ranks 2] [--scale 1.0]
 
@@ -36,6 +36,7 @@ class DemoStage:
     config: str
     steps: int
     init_from: tuple[str, ...] = ()
+    kind: str = "object"  # "object" (LociPretrainer on crops) or "background" (frame pairs)
     seconds: float = 0.0
     step_seconds: float | None = None
     eval: dict = field(default_factory=dict)
@@ -48,6 +49,7 @@ STAGES = (
     DemoStage("rgb", "pretrain-rgb-decoder.json", 300),
     DemoStage("stage1", "pretrain-encoder-decoder-stage1.json", 1800, ("mask", "depth", "rgb")),
     DemoStage("stage2", "pretrain-encoder-decoder-stage2.json", 600, ("stage1",)),
+    DemoStage("background", "pretrain-background.json", 200, kind="background"),
 )
 # One large object per video. Stage 1's encoder sees no mask, only a pixel-sized Gaussian dot at a
 # random pixel of the object (upstream's initial position, std -1 -> min_std), and learning where
@@ -162,6 +164,42 @@ def evaluate(stage: DemoStage, out: Path, val: str, batches: int = 2) -> None:
     stage.eval = {k: v / max(batches, 1) for k, v in sums.items()}
 
 
+def evaluate_background(stage: DemoStage, out: Path, val: str, batches: int = 2) -> None:
+    """The background's final weights on held-out frame pairs: its loss terms (warm-ups as at the
+    last training step) and the source/target/uncertainty/reconstruction grid."""
+    import torch
+    from PIL import Image
+
+    from loci_fast.config import load_config
+    from loci_fast.data.loaders import frame_pairs
+    from loci_fast.eval.weights import load_weights
+    from loci_fast.model.background import BackgroundPretrainer
+    from loci_fast.train.logs import image_grid
+    from loci_fast.train.stages import get_stage
+
+    weights = load_weights(out / stage.name)
+    cfg = load_config(weights.config)
+    model = BackgroundPretrainer.from_config(cfg["model"])
+    model.load_state_dict(weights.state)
+    model.eval()
+    model.global_steps = stage.steps
+    trainer_stage = get_stage("background")
+    size = tuple(int(s) for s in cfg["model"]["input_size"])
+    stream = iter(frame_pairs(val, batch_size=8, size=size, seed=7, rank=0, world_size=1, training=True))
+    sums: dict[str, float] = {}
+    torch.manual_seed(0)  # a reproducible report
+    with torch.no_grad():
+        for index in range(batches):
+            result = trainer_stage.forward(model, next(stream))
+            for key, value in {"loss": result.loss, **result.metrics}.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+            if index == 0:
+                stage.rows = list(result.images)
+                Image.fromarray(image_grid(result.images, max_items=8)).save(
+                    out / "report" / f"reconstruction-{stage.name}.png")
+    stage.eval = {k: v / max(batches, 1) for k, v in sums.items()}
+
+
 def plot_losses(stages: list[DemoStage], out: Path) -> None:
     import matplotlib
 
@@ -202,6 +240,10 @@ def _objects() -> str:
 def _achieved(s: DemoStage) -> str:
     """One honest sentence per stage from its held-out numbers."""
     iou, px = s.eval.get("mean_iou"), s.eval.get("position_px")
+    if s.kind == "background":
+        return (f"the background reconstructs held-out target frames with rgb loss "
+                f"{s.eval.get('rgb_loss', float('nan')):.3f} (SSIM term {s.eval.get('rgb_ssim', float('nan')):.3f}); "
+                f"a short run, so it is blurry and its uncertainty map is still coarse.")
     if s.name == "mask":
         return (f"the mask autoencoder reproduces the object's silhouette at its true position "
                 f"(mean IoU {iou or 0:.2f}).")
@@ -226,8 +268,8 @@ def write_report(stages: list[DemoStage], out: Path, device: str, total: float) 
     from loci_fast.train.logs import read_metrics
 
     lines = ["# loci-fast demo report", "",
-             f"Five object stages of Loci-Segmented trained with `deepspeed` on {device}, "
-             f"each from the previous stage's checkpoint, on {DATA['train_videos']} synthetic "
+             f"The object stages of Loci-Segmented (each from the previous stage's checkpoint) and "
+             f"its background module, trained with `deepspeed` on {device}, on {DATA['train_videos']} synthetic "
              f"PyBullet videos ({DATA['frames']} frames, {DATA['size']}x{DATA['size']}, "
              f"{_objects()} per video). "
              f"Evaluation on {DATA['val_videos']} held-out videos. Total wall time "
@@ -235,7 +277,9 @@ def write_report(stages: list[DemoStage], out: Path, device: str, total: float) 
              "| stage | steps | wall (s) | s/step | train loss first 10 -> last 10 | val loss | "
              "val mask | val rgb | val depth | val position error (px) | val mean IoU |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for s in stages:
+    objects = [s for s in stages if s.kind == "object"]
+    backgrounds = [s for s in stages if s.kind == "background"]
+    for s in objects:
         records = read_metrics(out / s.name / "metrics.jsonl")
         iou = f"{s.eval.get('mean_iou', 0):.3f}" if s.name in ("mask", "stage1", "stage2") else "n/a"
         per_step = f"{s.step_seconds:.2f}" if s.step_seconds else "-"
@@ -250,7 +294,22 @@ def write_report(stages: list[DemoStage], out: Path, device: str, total: float) 
               "encoder and decoder (mask term weighted x100). Mean IoU: predicted mask > 0.5 "
               "against the instance mask. Position error: distance between the encoder's (x, y) and "
               "the centroid of the object's mask, in pixels of the model's input crop. Validation: "
-              "crops drawn as in training from held-out videos.", "", "What each stage achieved:", ""]
+              "crops drawn as in training from held-out videos.", ""]
+    if backgrounds:
+        lines += ["| background stage | steps | wall (s) | s/step | train loss first 10 -> last 10 | val loss | "
+                  "val rgb_loss | val rgb_ssim | val uncertainty |", "|---|---|---|---|---|---|---|---|---|"]
+        for s in backgrounds:
+            records = read_metrics(out / s.name / "metrics.jsonl")
+            per_step = f"{s.step_seconds:.2f}" if s.step_seconds else "-"
+            lines.append(f"| {s.name} | {records[-1]['step'] if records else 0} | {s.seconds:.0f} | {per_step} | "
+                         f"{_window(records, True):.4f} -> {_window(records, False):.4f} | "
+                         f"{s.eval.get('loss', float('nan')):.4f} | {s.eval.get('rgb_loss', float('nan')):.4f} | "
+                         f"{s.eval.get('rgb_ssim', float('nan')):.4f} | {s.eval.get('uncertainty', float('nan')):.4f} |")
+        lines += ["", "The background stage trains the dynamic background module (uncertainty U-Net, masked "
+                  "ViT, motion and depth contexts) on frame pairs of the same videos: it reconstructs the "
+                  "target frame's background where its uncertainty says no object is; the loss is upstream's "
+                  "(rgb L2 + SSIM, depth, uncertainty supervision) with its warm-ups.", ""]
+    lines += ["What each stage achieved:", ""]
     lines += [f"* {s.name}: {_achieved(s)}" for s in stages]
     lines += [""]
     for s in stages:
@@ -308,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     train, val = make_data(out, workers=max(1, min(2, os.cpu_count() or 1)))
     _add_seconds(out, "data", time.perf_counter() - started)
     prefix, device = launcher(args.ranks)
-    stages = [DemoStage(s.name, s.config, s.steps, s.init_from) for s in STAGES]
+    stages = [DemoStage(s.name, s.config, s.steps, s.init_from, s.kind) for s in STAGES]
     evaluating = 0.0
     for stage in stages:
         print(f"\ndemo: stage {stage.name} on {device}", flush=True)
@@ -316,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         stage.seconds = _add_seconds(out, stage.name, stage.seconds)
         stage.step_seconds = step_time(out / stage.name)
         t0 = time.perf_counter()
-        evaluate(stage, out, val)
+        (evaluate_background if stage.kind == "background" else evaluate)(stage, out, val)
         evaluating += time.perf_counter() - t0
     plot_losses(stages, out)
     # Wall time of the whole demo, across resumed invocations: data and training as accumulated,

@@ -5,7 +5,7 @@ from loci_fast import demo
 
 
 def test_report_lists_every_stage_with_its_losses_and_plots(tmp_path):
-    stages = [demo.DemoStage(s.name, s.config, 20, s.init_from) for s in demo.STAGES]
+    stages = [demo.DemoStage(s.name, s.config, 20, s.init_from, s.kind) for s in demo.STAGES]
     (tmp_path / "report").mkdir()
     for i, stage in enumerate(stages):
         run = tmp_path / stage.name
@@ -21,6 +21,12 @@ def test_report_lists_every_stage_with_its_losses_and_plots(tmp_path):
     text = demo.write_report(stages, tmp_path, "2 CPU ranks (gloo)", 600.0).read_text()
     for i, stage in enumerate(stages):
         assert (tmp_path / "report" / f"loss-{stage.name}.png").stat().st_size > 1000
+        if stage.kind == "background":
+            row = next(line for line in text.splitlines() if line.startswith(f"| {stage.name} |"))
+            assert f"| 20 | 12 | 0.50 | {sum((i + 1) / s for s in range(1, 11)) / 10:.4f} -> " in row
+            assert row.count("|") == 10 and f"* {stage.name}: the background reconstructs" in text
+            assert f"report/reconstruction-{stage.name}.png" in text
+            continue
         first = sum((i + 1) / s for s in range(1, 11)) / 10
         last = sum((i + 1) / s for s in range(11, 21)) / 10
         row = next(line for line in text.splitlines() if line.startswith(f"| {stage.name} |"))
@@ -34,17 +40,18 @@ def test_report_lists_every_stage_with_its_losses_and_plots(tmp_path):
 
 
 def test_report_says_when_stage2_misses_the_objects(tmp_path):
-    stages = [demo.DemoStage(s.name, s.config, 20, s.init_from) for s in demo.STAGES]
+    stages = [demo.DemoStage(s.name, s.config, 20, s.init_from, s.kind) for s in demo.STAGES]
     (tmp_path / "report").mkdir()
     for stage in stages:
         (tmp_path / stage.name).mkdir()
         (tmp_path / stage.name / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 1.0, "time": 0.0}) + "\n")
         stage.eval = {"loss": 1.0, "mean_iou": 0.6, "position_px": 2.0}
-    stages[-1].eval = {"loss": 3.0, "mean_iou": 0.0, "position_px": 30.0}
+    stage2 = next(s for s in stages if s.name == "stage2")
+    stage2.eval = {"loss": 3.0, "mean_iou": 0.0, "position_px": 30.0}
     text = demo.write_report(stages, tmp_path, "2 CPU ranks (gloo)", 60.0).read_text()
     line = next(line for line in text.splitlines() if line.startswith("* stage2: "))
     assert "30.0 px" in line and "0.00" in line and "do not land on the objects" in line
-    stages[-1].eval = {"loss": 1.0, "mean_iou": 0.5, "position_px": 3.0, "on_object": 0.75}
+    stage2.eval = {"loss": 1.0, "mean_iou": 0.5, "position_px": 3.0, "on_object": 0.75}
     text = demo.write_report(stages, tmp_path, "2 CPU ranks (gloo)", 60.0).read_text()
     line = next(line for line in text.splitlines() if line.startswith("* stage2: "))
     assert "the masks land on the objects" in line and "(IoU >= 0.25) in 75% of the held-out crops" in line
