@@ -242,8 +242,8 @@ def _achieved(s: DemoStage) -> str:
     iou, px = s.eval.get("mean_iou"), s.eval.get("position_px")
     if s.kind == "background":
         return (f"the background reconstructs held-out target frames with rgb loss "
-                f"{s.eval.get('rgb_loss', float('nan')):.3f} (SSIM term {s.eval.get('rgb_ssim', float('nan')):.3f}); "
-                f"a short run, so it is blurry and its uncertainty map is still coarse.")
+                f"{s.eval.get('rgb_loss', float('nan')):.3f} (SSIM term {s.eval.get('rgb_ssim', float('nan')):.3f}) "
+                f"after {s.steps} steps; see its grid for the uncertainty map and the reconstruction.")
     if s.name == "mask":
         return (f"the mask autoencoder reproduces the object's silhouette at its true position "
                 f"(mean IoU {iou or 0:.2f}).")
