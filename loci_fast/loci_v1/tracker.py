@@ -1,0 +1,67 @@
+"""The CATER snitch tracker head and CATER camera geometry (reference loci.md §2.12).
+
+Screen positions are (row, col) in normalised image coordinates, top-left (-1, -1).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .noise import binarize
+from .residual import LinearResidual
+
+#: CATER's fixed camera (world -> clip), as used by upstream and CATER's own tracking baseline
+CATER_CAMERA = (
+    (1.4503, 1.6376, 0.0000, -0.0251),
+    (-1.0346, 0.9163, 2.5685, 0.0095),
+    (-0.6606, 0.5850, -0.4748, 10.5666),
+    (-0.6592, 0.5839, -0.4738, 10.7452),
+)
+#: the snitch centre's height, the plane screen positions are lifted onto
+CATER_ZERO_ELEVATION = 0.3421497941017151
+
+
+class CaterSnitchTracker(nn.Module):
+    """Snitch screen position (B, 2) = Σ_o gate_o·(row, col)_o with gate = binarised softmax over slots of
+    an MLP on each slot's (s, gestalt, priority) predictor output."""
+
+    def __init__(self, latent_size: int, num_objects: int) -> None:
+        super().__init__()
+        self.num_objects = num_objects
+        self.gate = nn.Sequential(LinearResidual(latent_size, latent_size), LinearResidual(latent_size, latent_size),
+                                  LinearResidual(latent_size, 1))
+
+    def forward(self, xy: torch.Tensor, latent: torch.Tensor, eps: torch.Tensor | None) -> torch.Tensor:
+        """``xy`` (B·O, 2), ``latent`` (B·O, G+2), ``eps`` the (B, O, 1) noise or None -> (B, 2)."""
+        o = self.num_objects
+        gate = torch.softmax(self.gate(latent).view(-1, o, 1), dim=1)
+        return torch.sum(xy.view(-1, o, 2) * binarize(gate, eps), dim=1)
+
+
+def world_to_screen(xyz: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
+    """(N, 3) world points -> (N, 2) screen (row, col) = (-s1/s3, s0/s3) of [x y z 1]·camᵀ."""
+    s = torch.cat((xyz, torch.ones(xyz.shape[0], 1, device=xyz.device, dtype=xyz.dtype)), 1).mm(camera.t().to(xyz))
+    return torch.stack((s[:, 1] / -s[:, -1], s[:, 0] / s[:, -1]), dim=1)
+
+
+def screen_to_world(rc: torch.Tensor, camera: torch.Tensor, zero_elevation: float = CATER_ZERO_ELEVATION,
+                    height: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, 2) screen (row, col) -> (N, 3) world points on the plane z = zero_elevation (+ ``height`` (N, 1)):
+    the closed-form inverse of :func:`world_to_screen` using camera rows 0, 1 and 3."""
+    cam = camera.to(rc)
+    a, b, c, d = cam[0]
+    e, f, g, h = cam[1]
+    m, n, o, p = cam[3]
+    col, row = rc[:, 1], rc[:, 0]
+    z = (torch.zeros_like(col) if height is None else height[:, 0]) + zero_elevation
+    den = a * f - b * e + row * a * n - row * b * m + col * e * n - col * f * m
+    x = (b * h - d * f + row * b * p - row * d * n + col * f * p - col * h * n + b * g * z - c * f * z
+         + row * b * o * z - row * c * n * z + col * f * o * z - col * g * n * z) / den
+    y = -(a * h - d * e + row * a * p - row * d * m + col * e * p - col * h * m + a * g * z - c * e * z
+          + row * a * o * z - row * c * m * z + col * e * o * z - col * g * m * z) / den
+    return torch.stack((x, y, z), dim=1)
+
+
+def tracking_loss(snitch: torch.Tensor, target_xyz: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
+    """Mean squared screen-space error between the predicted snitch (B, 2) and the projected target (B, 3)."""
+    return torch.mean((snitch - world_to_screen(target_xyz, camera)) ** 2)
