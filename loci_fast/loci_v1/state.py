@@ -10,7 +10,7 @@ later steps leave untouched, :meth:`LociV1State.detach` shares them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Callable
 
 import torch

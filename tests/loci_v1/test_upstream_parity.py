@@ -55,7 +55,7 @@ def rms(x):
 @pytest.mark.parametrize("level", [1, 2])
 def test_step_parity_with_upstream(level, gen):
     cfg = tiny(level)
-    b, o, g = cfg["batch_size"], cfg["num_objects"], cfg["gestalt_size"]
+    b = cfg["batch_size"]
     h, w = frame_size(cfg)
     frames = torch.rand(FRAMES + 1, b, 3, h, w, generator=gen)
     bg = torch.rand(b, 3, h, w, generator=gen)
