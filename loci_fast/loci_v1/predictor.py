@@ -139,9 +139,7 @@ class LociV1Predictor(nn.Module):
         xy, std, gest, prio = out[:, :2], out[:, 2:3], out[:, 3:-1], out[:, -1:]
         snitch = None
         if self.tracker is not None:
-            eps = given_or_drawn(noise.tracker, "tracker", (b, o, 1),
-                                 lambda: torch.randn((b, o, 1), device=x.device, dtype=x.dtype)) if use_noise else None
-            snitch = self.tracker(xy, out[:, 2:], eps)
+            snitch = self.tracker(xy, out[:, 2:], noise.tracker, use_noise)
         position = torch.cat((xy, std * self.std_alpha), dim=1).reshape(b, o * 3)
         gest = self.bottleneck(gest)
         eps = given_or_drawn(noise.bottleneck, "bottleneck", tuple(gest.shape),

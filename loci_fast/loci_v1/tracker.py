@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .noise import binarize
+from .noise import binarize, given_or_drawn
 from .residual import LinearResidual
 
 #: CATER's fixed camera (world -> clip), as used by upstream and CATER's own tracking baseline
@@ -31,11 +31,16 @@ class CaterSnitchTracker(nn.Module):
         self.gate = nn.Sequential(LinearResidual(latent_size, latent_size), LinearResidual(latent_size, latent_size),
                                   LinearResidual(latent_size, 1))
 
-    def forward(self, xy: torch.Tensor, latent: torch.Tensor, eps: torch.Tensor | None) -> torch.Tensor:
-        """``xy`` (B·O, 2), ``latent`` (B·O, G+2), ``eps`` the (B, O, 1) noise or None -> (B, 2)."""
+    def forward(self, xy: torch.Tensor, latent: torch.Tensor, eps: torch.Tensor | None = None,
+                use_noise: bool = True) -> torch.Tensor:
+        """``xy`` (B·O, 2), ``latent`` (B·O, G+2) -> (B, 2). The gate noise is ``eps`` (B, O, 1), else drawn
+        with ``randn_like`` as upstream; ``use_noise`` False uses the clean gate."""
         o = self.num_objects
         gate = torch.softmax(self.gate(latent).view(-1, o, 1), dim=1)
-        return torch.sum(xy.view(-1, o, 2) * binarize(gate, eps), dim=1)
+        if use_noise:
+            eps = given_or_drawn(eps, "tracker", tuple(gate.shape), lambda: torch.randn_like(gate))
+            gate = binarize(gate, eps)
+        return torch.sum(xy.view(-1, o, 2) * gate, dim=1)
 
 
 def world_to_screen(xyz: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
