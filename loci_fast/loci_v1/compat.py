@@ -16,6 +16,11 @@ V1_COMPAT_FLAGS: dict[str, tuple[bool, str]] = {
         "jitter 0.1*eps are drawn in training AND evaluation mode. False: in evaluation mode (module.eval()) "
         "nothing is drawn and the clean values are used.",
     ),
+    "l1_float_row_division": (
+        True,
+        "§11.1: the CATER L1 grid distance takes rows as label/6 with true division (|Δ(k mod 6)| + |Δk|/6). "
+        "False: whole cells, |Δcol| + |Δrow|. (Read by evaluation through tracker.grid_metrics.)",
+    ),
 }
 
 

@@ -70,3 +70,37 @@ def screen_to_world(rc: torch.Tensor, camera: torch.Tensor, zero_elevation: floa
 def tracking_loss(snitch: torch.Tensor, target_xyz: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
     """Mean squared screen-space error between the predicted snitch (B, 2) and the projected target (B, 3)."""
     return torch.mean((snitch - world_to_screen(target_xyz, camera)) ** 2)
+
+
+def grid_probabilities(world: torch.Tensor) -> torch.Tensor:
+    """(N, ≥2) world (x, y) -> (N, 36) softmax_k(exp(-‖c_k - (x, y)‖²)) over CATER's 6×6 cells, centre of
+    class k = (k mod 6 - 2.5, ⌊k/6⌋ - 2.5)."""
+    k = torch.arange(36, device=world.device)
+    centres = torch.stack(((k % 6) - 2.5, torch.div(k, 6, rounding_mode="floor") - 2.5), 1).to(world.dtype)
+    return torch.softmax(torch.exp(-((centres[None] - world[:, None, :2]) ** 2).sum(2)), dim=1)
+
+
+def grid_metrics(snitch: torch.Tensor, target_label: torch.Tensor, camera: torch.Tensor, *,
+                 float_row_division: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CATER localisation of predicted screen positions (B, 2) against grid labels (B,):
+    ``(L1 cell distance, top-1, top-5, predicted label)``.
+
+    ``float_row_division`` True reproduces upstream's L1 (rows as label/6 with true division, §11.1:
+    |Δ(k mod 6)| + |Δk|/6); False counts whole cells, |Δcol| + |Δrow|.
+    """
+    probs = grid_probabilities(screen_to_world(snitch, camera))
+    label = torch.argmax(probs, dim=1)
+    target = target_label.long().to(label.device)
+    if float_row_division:
+        rows, target_rows = label / 6, target / 6
+    else:
+        rows, target_rows = torch.div(label, 6, rounding_mode="floor"), torch.div(target, 6, rounding_mode="floor")
+    l1 = torch.mean((torch.abs(label % 6 - target % 6) + torch.abs(rows - target_rows)).float())
+    top1 = torch.mean((label == target).float())
+    top5 = torch.mean((torch.topk(probs, 5, dim=1)[1] == target[:, None]).float().sum(1))
+    return l1, top1, top5, label
+
+
+def l2_distance(snitch: torch.Tensor, target_xyz: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
+    """(B,) world distance between the predicted screen position lifted to z = z0 and the true 3-D point."""
+    return torch.sqrt(((screen_to_world(snitch, camera) - target_xyz) ** 2).sum(1))

@@ -203,3 +203,18 @@ def test_loci_v1_never_imports_the_loci_s_model():
     for path in (REPO / "loci_fast" / "loci_v1").glob("*.py"):
         text = path.read_text()
         assert "from loci_fast.model" not in text and "import loci_fast.model" not in text, path
+
+
+def test_grid_metrics_whole_cells_and_upstreams_row_division():
+    from loci_fast.loci_v1.tracker import CATER_CAMERA, grid_metrics, world_to_screen
+
+    cam = torch.tensor(CATER_CAMERA)
+    # cell centres of classes 14 (col 2, row 2) predicted; targets one column right (15) or one row down (20)
+    centre = torch.tensor([[2 - 2.5, 2 - 2.5, 0.3421497941017151]] * 2)
+    screen = world_to_screen(centre, cam)
+    target = torch.tensor([15, 20])
+    l1_up, top1, _, label = grid_metrics(screen, target, cam)
+    l1_fixed = grid_metrics(screen, target, cam, float_row_division=False)[0]
+    assert label.tolist() == [14, 14] and float(top1) == 0
+    assert float(l1_fixed) == pytest.approx(1.0)  # one cell off either way
+    assert float(l1_up) == pytest.approx(((1 + 1 / 6) + 1.0) / 2)  # upstream: a column miss counts 1 + 1/6

@@ -141,3 +141,20 @@ def test_camera_geometry_matches_upstream(gen):
         height = xyz[:, 2:] - CATER_ZERO_ELEVATION
         assert rel_err(screen_to_world(screen, cam, height=height), to_world(screen, height)) < 1e-5
         assert rel_err(screen_to_world(screen, cam), to_world(screen)) < 1e-5
+
+
+def test_grid_metrics_match_upstream(gen):
+    from loci_fast.loci_v1.tracker import grid_metrics, l2_distance
+
+    cam = torch.tensor(CATER_CAMERA)
+    xyz = torch.rand(64, 3, generator=gen) * 7 - 3.5
+    screen = world_to_screen(xyz, cam) + torch.randn(64, 2, generator=gen) * 0.05
+    labels = torch.randint(0, 36, (64,), generator=gen)
+    with upstream_v1() as imp:
+        tr = imp("nn.tracker")
+        l1, top1, top5, label = tr.L1GridDistance(CATER_CAMERA, CATER_ZERO_ELEVATION)(screen, labels)
+        l2 = tr.L2TrackingDistance(CATER_CAMERA, CATER_ZERO_ELEVATION)(screen, xyz)[0]
+    ours = grid_metrics(screen, labels, cam)
+    assert torch.equal(ours[3], label) and float(ours[1]) == float(top1) and float(ours[2]) == float(top5)
+    assert float(ours[0]) == pytest.approx(float(l1), rel=1e-6)
+    assert rel_err(l2_distance(screen, xyz, cam), l2) < 1e-5
