@@ -218,3 +218,16 @@ def test_grid_metrics_whole_cells_and_upstreams_row_division():
     assert label.tolist() == [14, 14] and float(top1) == 0
     assert float(l1_fixed) == pytest.approx(1.0)  # one cell off either way
     assert float(l1_up) == pytest.approx(((1 + 1 / 6) + 1.0) / 2)  # upstream: a column miss counts 1 + 1/6
+
+
+def test_full_size_parameter_counts_are_upstreams():
+    """configs/cater-stage3.json (upstream's cater.json sizes): loci.md §2.15's counts and 223 state-dict keys."""
+    from loci_fast.config import load_config
+
+    m = LociV1.from_config(load_config(REPO / "configs" / "cater-stage3.json").model)
+    count = lambda mod: sum(p.numel() for p in mod.parameters())  # noqa: E731
+    assert [count(getattr(m, n)) for n in ("initial_states", "encoder", "decoder", "predictor", "background")] == \
+        [193, 835_774, 706_608, 1_111_342, 307_201]
+    assert count(m.predictor.tracker) == 38_909 and count(m) == 2_961_118
+    sd = m.state_dict()
+    assert len(sd) == 223 and "initial_states.threshold" in sd and "camera" not in sd
