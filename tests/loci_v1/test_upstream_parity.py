@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from loci_fast.kernels import use_backend
 from loci_fast.loci_v1 import LociV1, StepNoise
 from loci_fast.loci_v1.tracker import CATER_CAMERA, CATER_ZERO_ELEVATION, screen_to_world, world_to_screen
 from tests.loci_v1.configs import frame_size, tiny
@@ -52,8 +53,15 @@ def rms(x):
     return torch.sqrt((x ** 2).mean(dim=1, keepdim=True))
 
 
+@pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("level", [1, 2])
-def test_step_parity_with_upstream(level, gen):
+def test_step_parity_with_upstream(level, backend, gen):
+    """The e-prop op through either kernel backend (Triton interpreted on the CPU)."""
+    with use_backend(backend):
+        _step_parity(level, gen)
+
+
+def _step_parity(level, gen):
     cfg = tiny(level)
     b = cfg["batch_size"]
     h, w = frame_size(cfg)
