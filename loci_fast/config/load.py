@@ -10,6 +10,7 @@ from .errors import ConfigError
 from .kinds import defaults_table
 from .node import Config
 from .schema import CONFIG
+from .schema_v1 import CONFIG_V1, is_loci_v1
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -85,6 +86,8 @@ def read_json(path: PathLike) -> dict:
 
 
 def _check_legacy(data: Mapping) -> None:
+    if is_loci_v1(data):  # the original Loci's CATER configs have their own schema (schema_v1.py)
+        return
     model = data.get("model")
     legacy = [k for k in _LEGACY_TOP_KEYS if k in data]
     if isinstance(model, Mapping):
@@ -93,7 +96,8 @@ def _check_legacy(data: Mapping) -> None:
         raise ConfigError(
             "", "this config is from the older Loci code base (it has " + ", ".join(legacy) +
             ", and that schema lacks model.num_slots and model.gestalt_size); loci-fast reads the "
-            "Loci-Segmented schema only: start from configs/loci-s.json instead")
+            "Loci-Segmented schema and the original Loci's CATER configs (datatype \"cater\", or "
+            "\"kind\": \"loci-v1\"): start from configs/loci-s.json or configs/cater-stage1.json instead")
 
 
 def _set_dotted(data: dict, dotted: str, value: Any) -> None:
@@ -175,7 +179,7 @@ def load_config(source: Union[PathLike, Mapping[str, Any]],
         _check_legacy(data)
         for key, value in (overrides or {}).items():
             _set_dotted(data, key, copy.deepcopy(value))
-        checked = CONFIG.check(data, "")
+        checked = (CONFIG_V1 if is_loci_v1(data) else CONFIG).check(data, "")
     except ConfigError as err:
         raise (err.with_source(origin) if origin else err) from None
     return Config(checked, origin)

@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", metavar="IN.ckpt", help="upstream checkpoint file")
     p.add_argument("--config", required=True, metavar="CFG",
                    help="the config the checkpoint was trained with (upstream JSON or ours)")
-    p.add_argument("--kind", default="pretrainer", choices=("pretrainer", "background", "proposal"),
+    p.add_argument("--kind", default="pretrainer", choices=("pretrainer", "background", "proposal", "loci-v1"),
                    help="which upstream module the checkpoint holds (default: %(default)s)")
     p.add_argument("--out", required=True, metavar="OUT", help="output file: *.safetensors or a torch file (.pt)")
     p.set_defaults(func=run)
@@ -103,6 +103,10 @@ def run(args: argparse.Namespace) -> int:
         from .upstream_proposal import import_proposal
 
         return import_proposal(args.checkpoint, model_cfg, args.out)
+    if args.kind == "loci-v1":  # the original Loci (upstream CognitiveModeling/Loci net*.pt)
+        from loci_fast.loci_v1.upstream import import_loci_v1
+
+        return import_loci_v1(args.checkpoint, model_cfg, args.out)
     try:
         state = load_upstream_checkpoint(args.checkpoint)
         model = BackgroundPretrainer.from_config(model_cfg) if args.kind == "background" else LociPretrainer(model_cfg)
