@@ -1,4 +1,4 @@
-"""``loci-fast data synth|convert-hdf5|inspect``: thin wrappers; the work lives in loci_fast.data."""
+"""``loci-fast data synth|convert-hdf5|convert-cater|inspect``: thin wrappers; the work lives in loci_fast.data."""
 from __future__ import annotations
 
 import argparse
@@ -42,6 +42,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="whether the camera is static (MOVi-A..D: true; E, F: false)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_convert)
+
+    p = dsub.add_parser("convert-cater", help="convert the authors' preprocessed CATER release into shards")
+    p.add_argument("input", help="release folder: background.jpg, labels/<video>.json, <video>/train/<W>x<H>/frame*")
+    p.add_argument("--out", required=True, help="output folder for train|val|test-%%06d.tar, background.jpg, "
+                   "cater-splits.json")
+    p.add_argument("--split", choices=("sorted", "upstream"), default="sorted",
+                   help="sorted: names sorted, integer 56/14/30 %% bounds (default); upstream: file-system order "
+                        "and upstream's float bounds (one video in val and test, the last in none)")
+    p.add_argument("--resolutions", nargs="+", default=["320x240", "80x60"], metavar="WxH",
+                   help="frame folders to keep, the first is the primary (default: 320x240 80x60)")
+    p.add_argument("--shard-videos", type=int, default=16, help="videos per shard (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=1, help="parallel reading processes")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_convert_cater)
 
     p = dsub.add_parser("inspect", help="summarise shards; --check decodes and validates every sample")
     p.add_argument("paths", nargs="+", help="shard files, folders, globs or brace patterns")
@@ -87,6 +101,20 @@ def _convert(args: argparse.Namespace) -> int:
     except (DataError, *_USER_ERRORS) as err:
         return _fail("convert-hdf5", err)
     print(f"wrote {len(paths)} shard(s) to {args.out}")
+    return 0
+
+
+def _convert_cater(args: argparse.Namespace) -> int:
+    from .convert_cater import convert_cater
+    from .errors import DataError
+
+    try:
+        paths = convert_cater(args.input, args.out, split=args.split, shard_videos=args.shard_videos,
+                              resolutions=tuple(args.resolutions), workers=args.workers,
+                              progress=not args.no_progress)
+    except (DataError, *_USER_ERRORS) as err:
+        return _fail("convert-cater", err)
+    print(f"wrote {', '.join(f'{s}: {len(p)} shard(s)' for s, p in paths.items())} to {args.out}")
     return 0
 
 
