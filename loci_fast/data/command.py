@@ -29,6 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rgb-codec", choices=("png", "jpg"), default="png",
                    help="png: lossless (default); jpg: quality 95, ~3x smaller, lossy")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--cater", action="store_true",
+                   help="instead: write a small CATER-like folder in the layout of the authors' release "
+                        "(procedural frames at 320x240 and 80x60, labels, background) for convert-cater; "
+                        "uses --out (a new folder), --videos, --frames (at most 301), --seed")
     p.set_defaults(func=_synth)
 
     p = dsub.add_parser("convert-hdf5", help="convert an upstream Loci-Segmented HDF5 file into shards")
@@ -77,6 +81,16 @@ def _synth(args: argparse.Namespace) -> int:
     from .errors import DataError
     from .synth.run import SynthConfig, run_synth
 
+    if args.cater:
+        from .cater.synth import make_release
+
+        try:
+            make_release(args.out, args.videos, args.frames, seed=args.seed)
+        except (*_USER_ERRORS,) as err:
+            return _fail("synth", err)
+        print(f"CATER-like release folder with {args.videos} video(s) in {args.out}; next: "
+              f"loci-fast data convert-cater {args.out} --out SHARDS")
+        return 0
     cfg = SynthConfig(frames=args.frames, size=args.size, min_objects=args.objects[0],
                       max_objects=args.objects[1], min_object_size=args.object_size[0],
                       max_object_size=args.object_size[1], camera=args.camera, seed=args.seed, split=args.split,

@@ -24,14 +24,8 @@ from typing import Sequence
 
 import torch
 
-# CATER's fixed camera (static-camera ``all_actions`` videos): homogeneous world -> clip space.
-CATER_CAMERA = (
-    (1.4503, 1.6376, 0.0000, -0.0251),
-    (-1.0346, 0.9163, 2.5685, 0.0095),
-    (-0.6606, 0.5850, -0.4748, 10.5666),
-    (-0.6592, 0.5839, -0.4738, 10.7452),
-)
-SNITCH_Z = 0.3421497941017151  # height of the snitch centre: the plane predictions are lifted onto
+from ..data.cater.camera import CATER_CAMERA, SNITCH_Z
+
 GRID = 6  # 6x6 cells of 1x1 world units over [-3, 3]^2
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)  # upstream's L2-versus-containment curves (plus the mean)
 

@@ -1,8 +1,8 @@
 """`loci-fast data convert-cater` on small folders in exactly the layout of the authors' CATER release.
 
-The folders are made here with procedural frames (PIL: a textured floor, cones as triangles and a
-small golden snitch drawn where CATER's camera projects them), JPEG-encoded like the release; that
-is much cheaper than a PyBullet render and is all the converter sees (file names, sizes, bytes).
+The folders are made by ``loci_fast.data.cater.synth`` (procedural PIL frames: a textured floor,
+cones, cubes and a small golden snitch drawn where CATER's camera projects them, JPEG files as in
+the release); that is much cheaper than a PyBullet render and is all the converter sees.
 """
 from __future__ import annotations
 
@@ -11,97 +11,55 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from loci_fast.data import iter_videos
 from loci_fast.data.cater import labels as cl
+from loci_fast.data.cater import load as cater_load
 from loci_fast.data.cater.load import iter_cater
+from loci_fast.data.cater.synth import make_release as synth_release
 from loci_fast.data.convert_cater import convert_cater, split_membership
 from loci_fast.data.errors import ParamsMismatch, SampleError, SourceError
 from loci_fast.data.inspect import inspect_shards
 from loci_fast.data.reader import iter_raw
 from loci_fast.data.schema import unpack_frames, validate_meta
-from loci_fast.eval.cater import SNITCH_Z, world_to_screen
+from loci_fast.eval.cater import SNITCH_Z
+
+try:
+    import cv2
+except ImportError:
+    cv2 = None
 
 SIZES = {"320x240": (240, 320), "80x60": (60, 80)}
 
 
-def _jpeg(img: Image.Image, quality: int = 90) -> bytes:
+def _jpeg(img: Image.Image) -> bytes:
     buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=quality)
+    img.save(buf, format="JPEG", quality=90)
     return buf.getvalue()
 
 
-def _floor(rng: np.random.Generator, h: int, w: int) -> Image.Image:
-    base = np.linspace(90, 170, h)[:, None, None] + rng.normal(0, 6, (h, w, 1))
-    return Image.fromarray(np.clip(base + np.array([0, 4, 10]), 0, 255).astype(np.uint8))
-
-
-def _draw(floor: Image.Image, objects: dict[str, np.ndarray], t: int, hidden: set[str]) -> Image.Image:
-    img = floor.copy()
-    d = ImageDraw.Draw(img)
-    h, w = img.height, img.width
-    for name, xyz in objects.items():
-        if name in hidden:
-            continue
-        r, c = world_to_screen(torch.from_numpy(xyz[t:t + 1])).numpy()[0]
-        py, px = (r + 1) / 2 * (h - 1), (c + 1) / 2 * (w - 1)
-        s = max(1.0, w / 40)
-        if name.startswith("Spl"):
-            d.ellipse([px - s / 2, py - s / 2, px + s / 2, py + s / 2], fill=(30, 190, 230))  # golden in BGR terms
-        else:
-            d.polygon([(px, py - 2 * s), (px - s, py + s), (px + s, py + s)], fill=(200, 60, 60))
-    return img
-
-
-def make_scene(rng: np.random.Generator, frames: int) -> tuple[dict, dict[str, np.ndarray], set[str]]:
-    """Metadata of one video: a snitch, two cones and a cube; Cone_0 covers the snitch mid-video."""
-    start = rng.uniform(-2.8, 2.8, (4, 2))
-    end = rng.uniform(-2.8, 2.8, (4, 2))
-    names = ["Spl_0", "Cone_0", "Cone_1", "Cube_0"]
-    shapes = ["spl", "cone", "cone", "cube"]
-    tracks = {}
-    for i, n in enumerate(names):
-        xy = start[i] + (end[i] - start[i]) * np.linspace(0, 1, frames)[:, None]
-        tracks[n] = np.concatenate([xy, np.full((frames, 1), SNITCH_Z if n == "Spl_0" else 0.5)], 1)
-    objects = [{"shape": s, "instance": n, "material": "metal", "size": "small", "color": "gold" if s == "spl" else "red",
-                "locations": {str(t): tracks[n][t].tolist() for t in range(frames)}} for n, s in zip(names, shapes)]
-    a, b = 1 + frames // 4, frames - 1 - frames // 4
-    movements = {"Spl_0": [["_slide", None, 0, frames - 1]], "Cone_0": [["_contain", "Spl_0", 0, a],
-                                                                        ["_pick_place", None, b, frames - 1]],
-                 "Cone_1": [["_slide", None, 0, 2]], "Cube_0": [["_no_op", None, 0, 1]]}
-    return {"objects": objects, "movements": movements}, tracks, set()
+def expected_bgr(data: bytes) -> np.ndarray:
+    """Upstream's decode (OpenCV IMREAD_COLOR) when OpenCV is installed, else PIL's pixels in BGR order."""
+    if cv2 is not None:
+        return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))[..., ::-1]
 
 
 def make_release(root: Path, videos: int = 4, frames: int = 6, seed: int = 0) -> dict:
-    """A CATER-release folder: background.jpg, labels/<video>.json, <video>/train/{320x240,80x60}/frame*.jpg."""
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True)
-    (root / "labels").mkdir()
-    floor = _floor(rng, 240, 320)
-    (root / "background.jpg").write_bytes(_jpeg(floor, 95))
+    """The release-layout folder (``cater.synth``) plus what is on disk: {video: {files, meta}}."""
+    synth_release(root, videos, frames, seed=seed)
+    (root / "not-a-video").mkdir()  # ignored: video folders start with "0"
     truth = {}
-    for v in range(videos):
-        name = f"{v:06d}"
-        meta, tracks, _ = make_scene(rng, frames)
-        (root / "labels" / f"{name}.json").write_text(json.dumps(meta))
-        files = {}
-        for res, (h, w) in SIZES.items():
-            folder = root / name / "train" / res
-            folder.mkdir(parents=True)
-            fl = floor.resize((w, h))
-            files[res] = []
-            for t in range(frames):
-                data = _jpeg(_draw(fl, tracks, t, set()))
-                (folder / f"frame{t:04d}.jpg").write_bytes(data)
-                files[res].append(data)
-        truth[name] = {"files": files, "meta": meta}
-    (root / "not-a-video").mkdir()  # ignored: names must start with "0"
+    for d in sorted(p for p in root.iterdir() if p.name.startswith("0")):
+        files = {res: [f.read_bytes() for f in sorted((d / "train" / res).iterdir())] for res in SIZES}
+        truth[d.name] = {"files": files, "meta": json.loads((root / "labels" / f"{d.name}.json").read_text())}
+    assert len(truth) == videos and all(len(t["files"][r]) == frames for t in truth.values() for r in SIZES)
     return truth
 
 
@@ -154,15 +112,18 @@ def test_generic_reader_and_upstream_style_loader(release, converted):
         np.testing.assert_array_equal(v["rgb"], want)
         assert v["segmentation"].shape == want.shape[:3] and not v["segmentation"].any()
         assert json.loads(v["extra"]["labels.json"]) == truth[v["key"]]["meta"]
-    bg = np.asarray(Image.open(root / "background.jpg").convert("RGB"))[..., ::-1]
-    with pytest.warns(UserWarning, match="OpenCV"):
+    bg = expected_bgr((root / "background.jpg").read_bytes())
+    cater_load._warned.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         items = list(iter_cater(str(out / "test-*.tar"), size=(60, 80)))
+    assert any("OpenCV" in str(w.message) for w in caught) == (cv2 is None)  # PIL fallback is announced
     assert len(items) == 2
     item = items[0]
     files = truth[item["key"]]["files"]["80x60"]
     assert item["frames"].shape == (301, 3, 60, 80) and item["num_frames"] == 6
     for t, f in enumerate(files):
-        bgr = np.asarray(Image.open(io.BytesIO(f)).convert("RGB"))[..., ::-1].transpose(2, 0, 1)
+        bgr = expected_bgr(f).transpose(2, 0, 1)
         np.testing.assert_array_equal(item["frames"][t], bgr.astype(np.float32) / 255)
     assert not item["frames"][6:].any()  # zero padding to 301, as upstream
     assert item["background"].shape == (1, 3, 60, 80)
@@ -295,3 +256,108 @@ def test_resume_keeps_shards_refuses_other_parameters_and_workers_agree(tmp_path
     out2 = tmp_path / "out2"
     paths2 = convert_cater(root, out2, shard_videos=2, workers=2, progress=False, log=lambda s: None)
     assert {p.name: p.read_bytes() for ps in paths2.values() for p in ps} == blobs  # byte-equal shards
+
+
+def _cater_meta(converted) -> tuple[dict, dict[str, bytes], str]:
+    out, paths = converted
+    shard = str(paths["train"][0])
+    key, fields = next(iter_raw(shard))
+    return json.loads(fields["meta.json"]), fields, shard
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"rgb_layout": "tiles"}, "rgb_layout"),
+    ({"resolutions": [[60, 80], [240, 320]]}, "resolutions"),
+    ({"resolutions": "240x320"}, "resolutions"),
+    ({"has_segmentation": "no"}, "has_segmentation"),
+    ({"num_instances": 2}, "has_segmentation is false but instances"),
+    ({"extra_members": ["meta.json"]}, "extra_members"),
+])
+def test_schema_extension_rejects_bad_meta(converted, change, match):
+    meta, _, shard = _cater_meta(converted)
+    validate_meta(dict(meta), shard=shard, key="k")
+    with pytest.raises(SampleError, match=match):
+        validate_meta({**meta, **change}, shard=shard, key="k")
+
+
+def test_schema_extension_members_and_damaged_container(converted, tmp_path):
+    from loci_fast.data.reader import decode_sample, parse_meta
+    from loci_fast.data.schema import pack_frames
+    from loci_fast.data.writer import write_shard
+
+    meta, fields, shard = _cater_meta(converted)
+    for name in ("rgb_80x60.frames", "labels.json", "segmentation.png", "rgb.png"):
+        broken = dict(fields)
+        if name in broken:
+            del broken[name]
+        else:
+            broken[name] = b"x"
+        with pytest.raises(SampleError, match=name.replace(".", r"\.")):
+            parse_meta("k", broken, shard)
+    stacked = {k: v for k, v in meta.items() if k not in ("rgb_layout", "resolutions", "has_segmentation",
+                                                          "extra_members")}
+    validate_meta(stacked, shard=shard, key="k")  # a v1 meta without the extension keys is unchanged
+    files = unpack_frames(fields["rgb.frames"])
+    assert pack_frames(files) == fields["rgb.frames"]
+    for bad, why in [(fields["rgb.frames"][:-5], "header says"), (b"XX" + fields["rgb.frames"][2:], "magic"),
+                     (pack_frames(files[:-1]), "holds 5 frames"),
+                     (pack_frames(files[:-1] + [files[-1][:200]]), "does not decode")]:
+        with pytest.raises(SampleError, match=why):
+            decode_sample("k", {**fields, "rgb.frames": bad}, shard)
+    write_shard(tmp_path / "bad-000000.tar", [{"__key__": "v0", **fields, "rgb.frames": fields["rgb.frames"][:-5]}])
+    rep = inspect_shards(str(tmp_path / "bad-000000.tar"), check=True)
+    assert not rep.ok and "header says" in rep.errors[0] and "'v0'" in rep.errors[0]
+
+
+def test_synth_cater_cli_then_convert_cater_cli(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    rel, out = tmp_path / "rel", tmp_path / "shards"
+    res = subprocess.run([sys.executable, "-m", "loci_fast.cli", "data", "synth", "--cater", "--out", str(rel),
+                          "--videos", "3", "--frames", "4", "--seed", "7"], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    res = subprocess.run([sys.executable, "-m", "loci_fast.cli", "data", "convert-cater", str(rel), "--out", str(out),
+                          "--split", "upstream", "--no-progress"], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    # 3 videos, upstream bounds: train [0, 1), val [1, 1), test [2, 2): videos 1 and 2 are in no split
+    manifest = json.loads((out / "cater-splits.json").read_text())
+    assert manifest["split_mode"] == "upstream" and len(manifest["unassigned"]) == 2
+    assert "in none" in res.stderr
+    (v,) = list(iter_cater(str(out / "train-*.tar")))
+    meta = json.loads((rel / "labels" / f"{v['key']}.json").read_text())
+    assert v["contained"].tolist() == cl.snitch_contained(meta).tolist() and v["contained"][:4].tolist() == [0, 0, 1, 0]
+    # the snitch is drawn (gold) where visible, not while the cone covers it
+    bgr = v["frames"][:4]
+    gold = (np.abs(bgr[:, 2] - 212 / 255) < 0.12) & (np.abs(bgr[:, 1] - 175 / 255) < 0.12) & (bgr[:, 0] < 0.4)
+    assert gold[0].any() and gold[1].any() and not gold[2].any()
+
+
+def _keys_cubic_reference(img: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Float64 separable Keys-cubic (a = -0.75) resampling with pixel-centre alignment and replicated
+    borders, the definition of OpenCV's INTER_CUBIC, written independently and unrounded."""
+    def matrix(dst, src):
+        m = np.zeros((dst, src))
+        for i in range(dst):
+            f = (i + 0.5) * src / dst - 0.5
+            s = int(np.floor(f))
+            for k in range(-1, 3):
+                d = abs(f - (s + k))
+                wgt = (1.25 * d - 2.25) * d * d + 1 if d <= 1 else ((-0.75 * d + 3.75) * d - 6) * d + 3
+                m[i, min(max(s + k, 0), src - 1)] += wgt
+        return m
+    mh, mw = matrix(h, img.shape[0]), matrix(w, img.shape[1])
+    return np.stack([mh @ img[..., c].astype(np.float64) @ mw.T for c in range(img.shape[2])], -1)
+
+
+@pytest.mark.parametrize("shape, size", [((240, 320), (60, 80)), ((24, 32), (12, 16)), ((30, 26), (11, 17)),
+                                         ((9, 12), (20, 30))])
+def test_background_resize_is_opencv_cubic(shape, size):
+    rng = np.random.default_rng(sum(shape) + sum(size))
+    img = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    ours = cater_load.resize_cubic_numpy(img, size)
+    ref = _keys_cubic_reference(img, *size)
+    assert ours.shape == (*size, 3)
+    assert np.abs(ours - np.clip(ref, 0, 255)).max() <= 1.01  # fixed-point weights: at most one level
+    if cv2 is not None:  # OpenCV itself: equal for CATER's 4x downscale, one level at most elsewhere
+        theirs = cv2.resize(img, size[::-1], interpolation=cv2.INTER_CUBIC).astype(int)
+        diff = np.abs(theirs - ours)
+        assert (diff.max() == 0) if shape == (240, 320) else diff.max() <= 1
