@@ -169,7 +169,11 @@ def _hidden(v: np.ndarray) -> list[tuple[int, int]]:
 def test_containment_rule_on_hand_built_cases(movements, hidden):
     meta = _scene((0.3, 0.3), movements)
     assert _hidden(cl.snitch_contained(meta)) == hidden
-    assert cl.tracks(meta)["contained"] == cl.snitch_contained(meta).astype(int).tolist()
+    tr = cl.tracks(meta)
+    assert tr["contained"] == cl.snitch_contained(meta).astype(int).tolist()
+    assert tr["visible"]["Spl_0"] == [1 - c for c in tr["contained"]] and len(tr["visible"]) == 4
+    cube_hidden = _hidden(1 - np.array(tr["visible"]["Cube_0"]))
+    assert cube_hidden == ([(9, 301)] if "Cone_1" in movements and movements["Cone_1"][0][1] == "Cube_0" else [])
 
 
 @pytest.mark.parametrize("xy, label", [((0.3, 0.3), 21), ((-0.2, 2.7), 32), ((-3.0, -3.0), 0), ((2.99, -0.01), 17),

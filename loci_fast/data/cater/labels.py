@@ -8,6 +8,10 @@
   (to ``NUM_FRAMES`` if none follows); a contain ending at frame 0 is ignored; a second contain
   before a pick-place replaces the first (upstream's rule, kept);
 * contained: 1 where the snitch is hidden, over ``NUM_FRAMES`` frames.
+
+``tracks`` gives them as the JSON of a converted sample's ``cater.json``: ``snitch_instance``,
+``snitch_xyz`` (n x 3), ``label``, ``contained`` (301 ints), ``visible`` {instance: 301 ints},
+``num_objects``.
 """
 from __future__ import annotations
 
@@ -90,6 +94,7 @@ def tracks(meta: dict[str, Any]) -> dict[str, Any]:
     snitch = snitch_object(meta)
     if "instance" not in snitch:
         raise LabelError("the snitch has no 'instance' name")
+    vis = visibility(meta)
     return {"snitch_instance": snitch["instance"], "snitch_xyz": snitch_xyz(meta).tolist(),
-            "label": final_label(meta), "contained": [int(c) for c in snitch_contained(meta)],
-            "num_objects": len(meta["objects"])}
+            "label": final_label(meta), "contained": [int(c) for c in 1 - vis[snitch["instance"]]],
+            "visible": {k: [int(x) for x in v] for k, v in vis.items()}, "num_objects": len(meta["objects"])}
