@@ -1,4 +1,4 @@
-"""``loci-fast data synth|convert-hdf5|inspect``: thin wrappers; the work lives in loci_fast.data."""
+"""``loci-fast data synth|convert-hdf5|convert-cater|inspect``: thin wrappers; the work lives in loci_fast.data."""
 from __future__ import annotations
 
 import argparse
@@ -29,6 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rgb-codec", choices=("png", "jpg"), default="png",
                    help="png: lossless (default); jpg: quality 95, ~3x smaller, lossy")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--cater", action="store_true",
+                   help="instead: write a small CATER-like folder in the layout of the authors' release "
+                        "(procedural frames at 320x240 and 80x60, labels, background) for convert-cater; "
+                        "uses --out (a new folder), --videos, --frames (at most 301), --seed")
     p.set_defaults(func=_synth)
 
     p = dsub.add_parser("convert-hdf5", help="convert an upstream Loci-Segmented HDF5 file into shards")
@@ -42,6 +46,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="whether the camera is static (MOVi-A..D: true; E, F: false)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_convert)
+
+    p = dsub.add_parser("convert-cater", help="convert the authors' preprocessed CATER release into shards")
+    p.add_argument("input", help="release folder: background.jpg, labels/<video>.json, <video>/train/<W>x<H>/frame*")
+    p.add_argument("--out", required=True, help="output folder for train|val|test-%%06d.tar, background.jpg, "
+                   "cater-splits.json")
+    p.add_argument("--split", choices=("sorted", "upstream"), default="sorted",
+                   help="sorted: names sorted, integer 56/14/30 %% bounds (default); upstream: file-system order "
+                        "and upstream's float bounds (one video in val and test, the last in none)")
+    p.add_argument("--resolutions", nargs="+", default=["320x240", "80x60"], metavar="WxH",
+                   help="frame folders to keep, the first is the primary (default: 320x240 80x60)")
+    p.add_argument("--shard-videos", type=int, default=16, help="videos per shard (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=1, help="parallel reading processes")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_convert_cater)
 
     p = dsub.add_parser("inspect", help="summarise shards; --check decodes and validates every sample")
     p.add_argument("paths", nargs="+", help="shard files, folders, globs or brace patterns")
@@ -63,6 +81,16 @@ def _synth(args: argparse.Namespace) -> int:
     from .errors import DataError
     from .synth.run import SynthConfig, run_synth
 
+    if args.cater:
+        from .cater.synth import make_release
+
+        try:
+            make_release(args.out, args.videos, args.frames, seed=args.seed)
+        except (*_USER_ERRORS,) as err:
+            return _fail("synth", err)
+        print(f"CATER-like release folder with {args.videos} video(s) in {args.out}; next: "
+              f"loci-fast data convert-cater {args.out} --out SHARDS")
+        return 0
     cfg = SynthConfig(frames=args.frames, size=args.size, min_objects=args.objects[0],
                       max_objects=args.objects[1], min_object_size=args.object_size[0],
                       max_object_size=args.object_size[1], camera=args.camera, seed=args.seed, split=args.split,
@@ -87,6 +115,20 @@ def _convert(args: argparse.Namespace) -> int:
     except (DataError, *_USER_ERRORS) as err:
         return _fail("convert-hdf5", err)
     print(f"wrote {len(paths)} shard(s) to {args.out}")
+    return 0
+
+
+def _convert_cater(args: argparse.Namespace) -> int:
+    from .convert_cater import convert_cater
+    from .errors import DataError
+
+    try:
+        paths = convert_cater(args.input, args.out, split=args.split, shard_videos=args.shard_videos,
+                              resolutions=tuple(args.resolutions), workers=args.workers,
+                              progress=not args.no_progress)
+    except (DataError, *_USER_ERRORS) as err:
+        return _fail("convert-cater", err)
+    print(f"wrote {', '.join(f'{s}: {len(p)} shard(s)' for s, p in paths.items())} to {args.out}")
     return 0
 
 

@@ -6,6 +6,7 @@ marker afterwards, so a cut-off shard is reported instead of looking shorter tha
 from __future__ import annotations
 
 import glob
+import io
 import json
 import os
 import tarfile
@@ -17,7 +18,23 @@ import numpy as np
 
 from . import codec
 from .errors import REWRITE, DataError, SampleError, ShardError
-from .schema import validate_arrays, validate_fields, validate_meta
+from .schema import has_segmentation, rgb_layout, unpack_frames, validate_arrays, validate_fields, validate_meta
+
+
+def decode_frames_rgb(data: bytes, n: int) -> np.ndarray:
+    """A ``.frames`` container of n per-frame JPEG/PNG files -> (n, H, W, 3) uint8 RGB (PIL)."""
+    from PIL import Image
+
+    files = unpack_frames(data)
+    if len(files) != n:
+        raise ValueError(f"the frames container holds {len(files)} frames, meta.json says {n}")
+    out = []
+    for f in files:
+        with Image.open(io.BytesIO(f)) as im:
+            out.append(np.asarray(im.convert("RGB")))
+    if len({a.shape for a in out}) > 1:
+        raise ValueError(f"frames of different sizes {sorted({a.shape for a in out})}")
+    return np.stack(out)
 
 
 def _braces(pattern: str) -> list[str]:
@@ -171,10 +188,13 @@ def decode_sample(key: str, fields: dict[str, bytes], shard: str) -> dict[str, A
     try:
         video = {
             "key": key, "meta": meta, "shard": shard,
-            "rgb": codec.decode_image(fields[rgb_field], t, channels=3),
+            "rgb": (codec.decode_image(fields[rgb_field], t, channels=3) if rgb_layout(meta) == "stacked"
+                    else decode_frames_rgb(fields[rgb_field], t)),
             "depth": (codec.decode_depth(fields["depth.png"], t, meta["depth_max"]) if meta["has_depth"] else None),
-            "segmentation": codec.decode_image(fields["segmentation.png"], t),
+            "segmentation": (codec.decode_image(fields["segmentation.png"], t) if has_segmentation(meta)
+                             else np.zeros((t, meta["height"], meta["width"]), np.uint8)),
             "instance_masks": None,
+            "extra": {n: fields[n] for n in meta.get("extra_members", [])},
         }
         if meta["num_instance_masks"]:
             m = codec.decode_image(fields["instance_masks.png"], t * meta["num_instance_masks"])
@@ -191,7 +211,9 @@ def iter_videos(paths: str | os.PathLike | Iterable[str | os.PathLike], *, on_er
 
     Keys: ``key``, ``meta``, ``shard``, ``rgb`` (T, H, W, 3) uint8, ``depth`` (T, H, W) float32 in
     ``meta["depth_unit"]`` or None, ``segmentation`` (T, H, W) uint8/uint16 ids (0 = background),
-    ``instance_masks`` (T, M, H, W) uint8 soft masks (0-255) or None.
+    ``instance_masks`` (T, M, H, W) uint8 soft masks (0-255) or None, ``extra`` {member: bytes} of
+    the meta's ``extra_members`` (CATER: ``labels.json``, ``cater.json``). Shards in the "frames"
+    layout (CATER) decode with PIL to RGB here; ``loci_fast.data.cater`` decodes them as upstream.
 
     ``on_error="raise"`` (default) raises ``ShardError``/``SampleError`` naming shard and key;
     ``"skip"`` warns, counts in ``stats`` and goes on.
