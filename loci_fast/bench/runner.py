@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from .case import DTYPE_NAMES, TOLERANCE, BenchCase, as_tuple, cast_inputs, grad_leaves
+from .case import DTYPE_NAMES, TOLERANCE, BenchCase, as_tuple, cast_inputs, grad_leaves, rel_err
 
 OPS = ("gaussian", "composite", "hyperconv")
 Timer = Callable[[Callable[[], Any]], float]  # returns a median time in milliseconds
@@ -40,16 +40,6 @@ def load_cases(ops: Iterable[str], quick: bool, device: torch.device) -> list[Be
     return cases
 
 
-def _rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    ours, ref = ours.detach().double(), ref.detach().double()
-    if ours.shape != ref.shape:
-        return float("inf")
-    if not torch.isfinite(ours).all():
-        return float("inf")
-    scale = max(ref.abs().max().item() if ref.numel() else 0.0, 1.0)
-    return (ours - ref).abs().max().item() / scale if ref.numel() else 0.0
-
-
 def check_case(case: BenchCase, dtype: torch.dtype, device: torch.device, seed: int = 0) -> dict[str, Any]:
     """Gate: run ``case.fused`` in ``dtype`` and ``case.reference`` in float64 on the same inputs.
 
@@ -61,7 +51,7 @@ def check_case(case: BenchCase, dtype: torch.dtype, device: torch.device, seed: 
     our_in = cast_inputs(base, dtype)
     ref_in = cast_inputs(our_in, torch.float64)
     ref_out, our_out = as_tuple(case.reference(**ref_in)), as_tuple(case.fused(**our_in))
-    errors = {f"out{i}": _rel_err(o, r) for i, (o, r) in enumerate(zip(our_out, ref_out))}
+    errors = {f"out{i}": rel_err(o, r) for i, (o, r) in enumerate(zip(our_out, ref_out))}
     if len(ref_out) != len(our_out):
         errors["num_outputs"] = float("inf")
     diff_ref = [(r, o) for r, o in zip(ref_out, our_out) if r.requires_grad]
@@ -75,7 +65,7 @@ def check_case(case: BenchCase, dtype: torch.dtype, device: torch.device, seed: 
         for name, rg, og in zip(ref_leaves, ref_g, our_g):
             rg = torch.zeros_like(ref_leaves[name]) if rg is None else rg
             og = torch.zeros_like(our_leaves[name]) if og is None else og
-            errors[f"grad_{name}"] = _rel_err(og, rg)
+            errors[f"grad_{name}"] = rel_err(og, rg)
     tol = TOLERANCE[dtype]
     worst = max(errors.values()) if errors else 0.0
     return {"ok": worst <= tol, "max_rel_err": worst, "tolerance": tol, "errors": errors}
