@@ -180,9 +180,10 @@ def _tile(num_slots: int) -> tuple[int, int]:
 # autotune over several configs, so there the fixed _tile() choice runs (large blocks, few programs).
 _GPU_CONFIGS = ([triton.Config({"BLOCK": b}, num_warps=w) for b in (64, 128, 256, 512, 1024) for w in (4, 8)]
                 if triton is not None else [])
-# Tile values per thread: fewer starves the memory system of loads in flight; more than 32 made
-# the backward spill registers on sm_90 (measured with ptxas: 255 registers and a stack at 64).
-_PER_THREAD = (4, 32)
+# Tile values per thread: fewer starves the memory system of loads in flight; at 32 the fp32
+# backward sits at 254-255 registers on sm_90 (one block per SM, a step from spilling; compile
+# gate, triton 3.7.1), at 64 it spilled; 16 keeps it near 130.
+_PER_THREAD = (4, 16)
 
 
 def _prune_configs(configs, named_args, **kwargs):
