@@ -22,6 +22,13 @@ Triton design:
     writes per-tile partial sums and a second, tiny reduction over tiles follows. No atomics.
 Accumulation is fp32 for fp16/bf16/fp32 storage (fp64 for fp64 inputs, which makes the Triton path
 gradcheck-able in the interpreter).
+
+Registers: the k*k taps are a loop, not unrolled (``tl.static_range``). Unrolled, ptxas hoisted the
+shifted loads of many taps at once: the backward took ~190 registers and spilled under triton 3.6.0
+(8-32 B at the encoder shapes, sm_90), the forward took ~148 in bf16/fp16 against 72 in fp32. As a
+loop both kernels take 48-80 registers in every dtype with no spills (``loci-fast bench --compile``,
+triton 3.6.0 and 3.7.1), so 2-3x more blocks fit an SM to hide the load latency, and compile in
+about 1 s instead of 20-50 s. ``num_stages=1``: there is nothing to software-pipeline.
 """
 from __future__ import annotations
 
@@ -86,8 +93,9 @@ def pick_blocks(c: int, h: int, w: int, interpret: bool, backward: bool = False)
 
     Forward: about 1024 elements per program on a GPU (8 fp32 values per thread with 4 warps):
     8x8 images take 16 channels of the whole image, 16x16 take 4, 32x32 one whole image, 64x64 a
-    16x64 band. The fused backward holds twice the live tiles (shifted x and grad out), and at 1024
-    elements ptxas spills for sm_90, so it takes half. The interpreter costs ~1.5 ms per program
+    16x64 band. The fused backward holds twice the live tiles (shifted x and grad out) and takes half
+    (chosen when its taps were unrolled and spilled at 1024; as a loop it has room to grow, which
+    only a GPU benchmark can decide). The interpreter costs ~1.5 ms per program
     whatever its size, so there blocks are 4x larger.
     """
     budget = 4096 if interpret else 1024
@@ -123,16 +131,16 @@ def _hyperconv_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, C, H, W, tiles_w, num_ti
                                                  num_cblocks, BLOCK_C, TILE_H, TILE_W)
     center = row[:, None] * (H * W) + (h * W + w)[None, :]
     acc = tl.zeros((BLOCK_C, TILE_H * TILE_W), dtype=ACC)
-    for a in tl.static_range(K):
+    for t in range(K * K):  # a loop over the taps, not unrolled: see "Registers" in the module docstring
+        a = t // K
+        b = t % K
         hh = h + (a - K // 2)
-        h_ok = (hh >= 0) & (hh < H)
-        for b in tl.static_range(K):
-            ww = w + (b - K // 2)
-            # In-image shifted positions only: this also keeps every address inside x.
-            ok = c_ok[:, None] & (h_ok & (ww >= 0) & (ww < W))[None, :]
-            xv = tl.load(x_ptr + center + ((a - K // 2) * W + (b - K // 2)), mask=ok, other=0.0)
-            wv = tl.load(w_ptr + row * (K * K) + (a * K + b), mask=c_ok, other=0.0)
-            acc += xv.to(ACC) * wv.to(ACC)[:, None]
+        ww = w + (b - K // 2)
+        # In-image shifted positions only: this also keeps every address inside x.
+        ok = c_ok[:, None] & ((hh >= 0) & (hh < H) & (ww >= 0) & (ww < W))[None, :]
+        xv = tl.load(x_ptr + center + ((a - K // 2) * W + (b - K // 2)), mask=ok, other=0.0)
+        wv = tl.load(w_ptr + row * (K * K) + t, mask=c_ok, other=0.0)
+        acc += xv.to(ACC) * wv.to(ACC)[:, None]
     if HAS_BIAS:
         acc += tl.load(b_ptr + row, mask=c_ok, other=0.0).to(ACC)[:, None]
     tl.store(out_ptr + center, acc, mask=c_ok[:, None] & pix_ok[None, :])
@@ -155,21 +163,18 @@ def _hyperconv_bwd_kernel(x_ptr, w_ptr, g_ptr, dx_ptr, dw_ptr, db_ptr,
             tl.store(db_ptr + part, tl.sum(g, axis=1), mask=c_ok)
     if NEED_DX:
         acc = tl.zeros((BLOCK_C, TILE_H * TILE_W), dtype=ACC)
-    for a in tl.static_range(K):
-        dy = a - K // 2
-        up_ok = (h + dy >= 0) & (h + dy < H)      # x[h + dy] for grad weight
-        dn_ok = (h - dy >= 0) & (h - dy < H)      # grad_out[h - dy] for grad x (flipped kernel)
-        for b in tl.static_range(K):
-            dx_ = b - K // 2
-            if NEED_DW:
-                ok = c_ok[:, None] & (up_ok & (w + dx_ >= 0) & (w + dx_ < W))[None, :]
-                xv = tl.load(x_ptr + center + (dy * W + dx_), mask=ok, other=0.0).to(ACC)
-                tl.store(dw_ptr + part * (K * K) + (a * K + b), tl.sum(g * xv, axis=1), mask=c_ok)
-            if NEED_DX:
-                ok = c_ok[:, None] & (dn_ok & (w - dx_ >= 0) & (w - dx_ < W))[None, :]
-                gv = tl.load(g_ptr + center - (dy * W + dx_), mask=ok, other=0.0).to(ACC)
-                wv = tl.load(w_ptr + row * (K * K) + (a * K + b), mask=c_ok, other=0.0).to(ACC)
-                acc += gv * wv[:, None]
+    for t in range(K * K):  # a loop over the taps, not unrolled: see "Registers" in the module docstring
+        dy = t // K - K // 2
+        dx_ = t % K - K // 2
+        if NEED_DW:  # x[h + dy, w + dx] for grad weight
+            ok = c_ok[:, None] & ((h + dy >= 0) & (h + dy < H) & (w + dx_ >= 0) & (w + dx_ < W))[None, :]
+            xv = tl.load(x_ptr + center + (dy * W + dx_), mask=ok, other=0.0).to(ACC)
+            tl.store(dw_ptr + part * (K * K) + t, tl.sum(g * xv, axis=1), mask=c_ok)
+        if NEED_DX:  # grad_out[h - dy, w - dx] for grad x (the flipped kernel)
+            ok = c_ok[:, None] & ((h - dy >= 0) & (h - dy < H) & (w - dx_ >= 0) & (w - dx_ < W))[None, :]
+            gv = tl.load(g_ptr + center - (dy * W + dx_), mask=ok, other=0.0).to(ACC)
+            wv = tl.load(w_ptr + row * (K * K) + t, mask=c_ok, other=0.0).to(ACC)
+            acc += gv * wv[:, None]
     if NEED_DX:
         tl.store(dx_ptr + center, acc, mask=c_ok[:, None] & pix_ok[None, :])
 
@@ -192,7 +197,7 @@ def _forward_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     _hyperconv_fwd_kernel[grid](
         x, weight, bias if bias is not None else weight, out, c, h, w, tiles_w, num_tiles, num_cblocks,
         K=k, HAS_BIAS=bias is not None, ACC=compute_dtype(x.dtype)[0], BLOCK_C=blocks.block_c,
-        TILE_H=blocks.tile_h, TILE_W=blocks.tile_w, num_warps=blocks.num_warps)
+        TILE_H=blocks.tile_h, TILE_W=blocks.tile_w, num_warps=blocks.num_warps, num_stages=1)
     return out
 
 
@@ -213,7 +218,7 @@ def _backward_triton(x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tens
         x, weight, grad_out, dx if need_dx else dummy, dw_part if need_dw else dummy,
         db_part if need_db else dummy, c, h, w, tiles_w, num_tiles, num_cblocks,
         K=k, NEED_DX=need_dx, NEED_DW=need_dw, NEED_DB=need_db, ACC=compute_dtype(dt)[0],
-        BLOCK_C=blocks.block_c, TILE_H=blocks.tile_h, TILE_W=blocks.tile_w, num_warps=blocks.num_warps)
+        BLOCK_C=blocks.block_c, TILE_H=blocks.tile_h, TILE_W=blocks.tile_w, num_warps=blocks.num_warps, num_stages=1)
     dw = db = None
     if need_dw:
         dw = dw_part.view(n, c, k, k) if num_tiles == 1 else _sum_tiles(dw_part, (n, c, k, k), dt)
