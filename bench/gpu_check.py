@@ -4,14 +4,15 @@
     python3 bench/gpu_check.py --dry-run                        # here: checks steps, flags and imports
 
 Steps, in order of value, each with a time cap inside the total budget (default 450 s, under the
-8 minutes a session can give it), each logging to ``DIR/<step>.log``:
+8 minutes a session can give it; the caps add up to more, so the last full suites may be cut), each logging to ``DIR/<step>.log``:
 
 1. ``compile-gate``: ``loci-fast bench --compile --real-driver`` for the device's architecture:
    the driver's register and spill counts beside ptxas's, which the CPU-side gate only estimates.
 2. ``gpu-tests``: ``pytest -m gpu`` over the test files holding gpu-marked tests (junit XML).
 3. ``train-step``: ``loci-fast bench --train-step`` for stage 2, B = 32, 256x256, bf16, both backends.
-4. ``bench-<op>``: the kernel benchmark suite (eager, torch.compile, ours), one run per op so that a
-   run cut short by the budget still leaves the finished ops' results.
+4. ``bench-quick``: the kernel benchmark suite (eager, torch.compile, ours) at one shape per op.
+5. ``bench-<op>``: the full suite, one run per op, with what the budget leaves: a run cut short
+   still leaves the finished ops' results.
 
 Every results file goes under one folder, ``bench/results/gpu-check-<date>-<device>/`` by default,
 with ``SUMMARY.md`` / ``summary.json`` (step, exit code, seconds). Commit that folder.
@@ -65,14 +66,16 @@ def steps(out: Path, arch: int) -> list[dict]:
              "--backends", "reference", "triton", "--steps", "10", "--out", str(out)]
     tests = [py, "-m", "pytest", "-m", "gpu", "-q", "-o", "addopts=", "-p", "no:cacheprovider",
              f"--junitxml={out / 'gpu-tests.xml'}"] + [f"--deselect={t}" for t in DUPLICATE_TESTS] + gpu_test_files()
+    quick = ["bench", "--quick", "--out", str(out)]
     out_steps = [
-        {"name": "compile-gate", "argv": cli + gate, "cli": gate, "cap": 90},
+        {"name": "compile-gate", "argv": cli + gate, "cli": gate, "cap": 75},
         {"name": "gpu-tests", "argv": tests, "cap": 150},
         {"name": "train-step", "argv": cli + train, "cli": train, "cap": 90},
+        {"name": "bench-quick", "argv": cli + quick, "cli": quick, "cap": 100},
     ]
-    for op in ops():
+    for op in ops():  # the full suite with what the budget leaves, one op (and results file) at a time
         suite = ["bench", "--ops", op, "--out", str(out)]
-        out_steps.append({"name": f"bench-{op}", "argv": cli + suite, "cli": suite, "cap": 120})
+        out_steps.append({"name": f"bench-{op}", "argv": cli + suite, "cli": suite, "cap": 150})
     return out_steps
 
 
