@@ -94,9 +94,9 @@ def encoding_table(paths: Any, videos: int = 4) -> list[dict[str, Any]]:
         t = v["meta"]["num_frames"]
         rgb, seg, depth = v["rgb"], v["segmentation"], v["depth"]
         b = codec.encode_png(rgb)
-        add("rgb: stacked PNG (chosen)", b, lambda b=b: codec.decode_image(b, t, channels=3), t)
+        add("rgb: stacked PNG (chosen)", b, lambda b=b, t=t: codec.decode_image(b, t, channels=3), t)
         b = codec.encode_jpeg(rgb)
-        add("rgb: stacked JPEG q95 4:4:4 (--rgb-codec jpg)", b, lambda b=b: codec.decode_image(b, t, channels=3), t)
+        add("rgb: stacked JPEG q95 4:4:4 (--rgb-codec jpg)", b, lambda b=b, t=t: codec.decode_image(b, t, channels=3), t)
         frames_png = [io.BytesIO() for _ in range(t)]
         for f, buf in zip(rgb, frames_png):
             Image.fromarray(f).save(buf, format="PNG", compress_level=codec.PNG_LEVEL)
@@ -108,13 +108,13 @@ def encoding_table(paths: Any, videos: int = 4) -> list[dict[str, Any]]:
         if depth is not None:
             dm = float(v["meta"]["depth_max"])
             b = codec.encode_depth(depth, dm)
-            add("depth: 16-bit PNG (chosen)", b, lambda b=b: codec.decode_depth(b, t, dm), t)
+            add("depth: 16-bit PNG (chosen)", b, lambda b=b, t=t, dm=dm: codec.decode_depth(b, t, dm), t)
             b = zlib.compress(depth.astype(np.float32).tobytes(), 6)
             add("depth: float32 + zlib", b, lambda b=b: np.frombuffer(zlib.decompress(b), np.float32), t)
             b = zlib.compress(depth.astype(np.float16).tobytes(), 6)
             add("depth: float16 + zlib", b, lambda b=b: np.frombuffer(zlib.decompress(b), np.float16), t)
         b = codec.encode_segmentation(seg)
-        add("segmentation: 8-bit PNG (chosen)", b, lambda b=b: codec.decode_image(b, t), t)
+        add("segmentation: 8-bit PNG (chosen)", b, lambda b=b, t=t: codec.decode_image(b, t), t)
         b = zlib.compress(seg.astype(np.uint8).tobytes(), 6)
         add("segmentation: raw uint8 + zlib", b, lambda b=b: np.frombuffer(zlib.decompress(b), np.uint8), t)
     return [{"encoding": k, "bytes_per_frame": r["bytes"] / r["frames"],
