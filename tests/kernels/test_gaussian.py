@@ -147,6 +147,21 @@ def test_gpu_plan_in_interpreter(gen, monkeypatch):
     compare_maps(gen, make_inputs(gen, 3, 1, 1, 4)[0], torch.float32, size=(7, 20))
 
 
+def test_gpu_plan_with_many_slots_in_interpreter(gen, monkeypatch):
+    """From 32 padded slots the GPU plan takes 16-pixel tiles (sm_90 spills otherwise): still right."""
+    real_plan = gaussian_module._plan
+    gpu = torch.device("cuda", 0)
+
+    def pretend_gpu_plan(n, c, hw, o, has_prio, device):
+        with gpu_plan(sm_count=4):
+            return real_plan(n, c, hw, o, has_prio, gpu)
+
+    plan = pretend_gpu_plan(24, 8, 5 * 9, 24, True, None)
+    assert (plan.block_o, plan.block_p, plan.n_tiles) == (32, 16, 3)
+    monkeypatch.setattr(gaussian_module, "_plan", pretend_gpu_plan)
+    compare_merge(gen, make_inputs(gen, 1, 24, 8, 4), torch.float32, size=(5, 9), num_slots=24, with_raw=True)
+
+
 @pytest.mark.parametrize("k", [2, 3, 4])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 def test_maps_match_reference(gen, k, dtype):
