@@ -14,10 +14,9 @@ from __future__ import annotations
 import math
 
 import torch
-import triton
-import triton.language as tl
 
 from . import dispatch
+from ._common import cdiv, compute_dtype, flat_pixels, jit, next_pow2, plan_for_gpu, tl, triton  # noqa: F401 (tl: kernel globals)
 
 __all__ = ["composite_slots", "composite_slots_reference"]
 
@@ -43,20 +42,32 @@ def composite_slots_reference(mask_logits: torch.Tensor, slot_rgb: torch.Tensor,
         return_mask: when False, ``None`` is returned in place of the mask.
 
     Returns:
-        (mask (B, O+1, H, W) with the background last, or None; rgb (B, 3, H, W); depth (B, 1, H, W)).
+        (mask (B, O+1, H, W) with the background last, or None; rgb (B, 3, H, W); depth (B, 1, H, W)),
+        in the input dtype; fp16/bf16 inputs compute in fp32, like the kernels.
+
+    Raises:
+        ValueError naming the argument, as :func:`composite_slots`.
     """
+    _check_args(mask_logits, slot_rgb, slot_depth, bg_rgb, bg_depth, bg_logit)
+    return _reference(mask_logits, slot_rgb, slot_depth, bg_rgb, bg_depth, bg_logit, return_mask)
+
+
+def _reference(mask_logits, slot_rgb, slot_depth, bg_rgb, bg_depth, bg_logit: float, return_mask: bool):
+    dtype = mask_logits.dtype
+    mask_logits, slot_rgb, slot_depth, bg_rgb, bg_depth = (
+        dispatch.upcast(t) for t in (mask_logits, slot_rgb, slot_depth, bg_rgb, bg_depth))
     B, O, H, W = mask_logits.shape
     bg = torch.full((B, 1, H, W), float(bg_logit), dtype=mask_logits.dtype, device=mask_logits.device)
     mask = torch.softmax(torch.cat([mask_logits, bg], dim=1), dim=1)
     rgb_all = torch.cat([slot_rgb.reshape(B, O, 3, H, W), bg_rgb.unsqueeze(1)], dim=1)
     rgb = (mask.unsqueeze(2) * rgb_all).sum(dim=1)
     depth = (mask * torch.cat([slot_depth, bg_depth], dim=1)).sum(dim=1, keepdim=True)
-    return (mask if return_mask else None), rgb, depth
+    return (mask.to(dtype) if return_mask else None), rgb.to(dtype), depth.to(dtype)
 
 
 # ---------------------------------------------------------------- Triton kernels
 
-@triton.jit
+@jit
 def _softmax_tile(logit_ptr, s_lb, s_lo, b, offs_o, offs_p, O, HW, bg_hi, bg_lo, ACC: tl.constexpr,
                   BLOCK: tl.constexpr):
     """Softmax weights of one tile: m [O_PAD, BLOCK] for the slots, m_bg [BLOCK] for the background.
@@ -74,7 +85,7 @@ def _softmax_tile(logit_ptr, s_lb, s_lo, b, offs_o, offs_p, O, HW, bg_hi, bg_lo,
     return e * inv[None, :], e_bg * inv
 
 
-@triton.jit
+@jit
 def _composite_fwd_kernel(
     logit_ptr, rgb_ptr, depth_ptr, bg_rgb_ptr, bg_depth_ptr,
     mask_out_ptr, rgb_out_ptr, depth_out_ptr,
@@ -106,7 +117,7 @@ def _composite_fwd_kernel(
     tl.store(depth_out_ptr + b * HW + p, tl.sum(m * d, axis=0) + m_bg * d_bg, mask=valid_p)
 
 
-@triton.jit
+@jit
 def _composite_bwd_kernel(
     logit_ptr, rgb_ptr, depth_ptr, bg_rgb_ptr, bg_depth_ptr,
     g_mask_ptr, g_rgb_ptr, g_depth_ptr,
@@ -158,25 +169,21 @@ def _composite_bwd_kernel(
 
 # ---------------------------------------------------------------- launch helpers
 
-def _pixels(t: torch.Tensor) -> torch.Tensor:
-    """``t`` with its last two (spatial) dims merged and unit pixel stride; copies only when needed."""
-    t = t.flatten(-2)
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 def _tile(num_slots: int) -> tuple[int, int]:
     """(O_PAD, BLOCK): slots padded to a power of two, and pixels per program for a fixed tile size."""
-    o_pad = triton.next_power_of_2(num_slots)
+    o_pad = next_pow2(num_slots)
     block = max(_MIN_BLOCK, min(_MAX_BLOCK, _TILE_ELEMENTS // o_pad))
     return o_pad, block
 
 
 # On a GPU the pixels per program and warps are autotuned per (O, HW); the interpreter cannot
 # autotune over several configs, so there the fixed _tile() choice runs (large blocks, few programs).
-_GPU_CONFIGS = [triton.Config({"BLOCK": b}, num_warps=w) for b in (64, 128, 256, 512, 1024) for w in (4, 8)]
-# Tile values per thread: fewer starves the memory system of loads in flight; more than 32 made
-# the backward spill registers on sm_90 (measured with ptxas: 255 registers and a stack at 64).
-_PER_THREAD = (4, 32)
+_GPU_CONFIGS = ([triton.Config({"BLOCK": b}, num_warps=w) for b in (64, 128, 256, 512, 1024) for w in (4, 8)]
+                if triton is not None else [])
+# Tile values per thread: fewer starves the memory system of loads in flight; at 32 the fp32
+# backward sits at 254-255 registers on sm_90 (one block per SM, a step from spilling; compile
+# gate, triton 3.7.1), at 64 it spilled; 16 keeps it near 130.
+_PER_THREAD = (4, 16)
 
 
 def _prune_configs(configs, named_args, **kwargs):
@@ -187,13 +194,14 @@ def _prune_configs(configs, named_args, **kwargs):
     return keep or [triton.Config({"BLOCK": _tile(o_pad)[1]}, num_warps=4)]
 
 
-def _launch(kernel, tuned, B: int, HW: int, o_pad: int, *args, **constexprs) -> None:
-    """Launch ``kernel`` over (pixel tiles, batch): autotuned on a GPU, the fixed tile when interpreted."""
-    if tuned is None:
+def _launch(kernel, tuned, gpu: bool, B: int, HW: int, o_pad: int, *args, **constexprs) -> None:
+    """Launch ``kernel`` over (pixel tiles, batch): autotuned on a GPU (``gpu``), the fixed tile when
+    interpreted. Decided per call, so neither import order nor ``TRITON_INTERPRET`` at import matter."""
+    if not gpu:
         block = _tile(o_pad)[1]
-        kernel[(triton.cdiv(HW, block), B)](*args, **constexprs, O_PAD=o_pad, BLOCK=block, num_warps=4)
+        kernel[(cdiv(HW, block), B)](*args, **constexprs, O_PAD=o_pad, BLOCK=block, num_warps=4)
     else:
-        tuned[lambda meta: (triton.cdiv(HW, meta["BLOCK"]), B)](*args, **constexprs, O_PAD=o_pad)
+        tuned[lambda meta: (cdiv(HW, meta["BLOCK"]), B)](*args, **constexprs, O_PAD=o_pad)
 
 
 def _autotuned(kernel, flag: str, *, do_bench=None):
@@ -203,8 +211,9 @@ def _autotuned(kernel, flag: str, *, do_bench=None):
                            prune_configs_by={"early_config_prune": _prune_configs})(kernel)
 
 
-_fwd_tuned = None if dispatch.interpreter_enabled() else _autotuned(_composite_fwd_kernel, "WRITE_MASK")
-_bwd_tuned = None if dispatch.interpreter_enabled() else _autotuned(_composite_bwd_kernel, "HAS_GMASK")
+# Built whatever TRITON_INTERPRET says (building runs nothing); _launch picks per call.
+_fwd_tuned = _autotuned(_composite_fwd_kernel, "WRITE_MASK") if triton is not None else None
+_bwd_tuned = _autotuned(_composite_bwd_kernel, "HAS_GMASK") if triton is not None else None
 
 
 def _split(x: float) -> tuple[float, float]:
@@ -212,11 +221,6 @@ def _split(x: float) -> tuple[float, float]:
     inputs need the background logit to fp64 precision (hi + lo carries about 48 bits)."""
     hi = float(torch.tensor(x, dtype=torch.float32))
     return hi, float(torch.tensor(x - hi, dtype=torch.float32))
-
-
-def _acc_dtype(dtype: torch.dtype):
-    # fp32 compute for fp32/fp16/bf16 storage; fp64 storage keeps fp64 so gradcheck is meaningful.
-    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 def _strides(t: torch.Tensor) -> tuple[int, ...]:
@@ -230,10 +234,10 @@ class _CompositeFunction(torch.autograd.Function):
         HW = H * W
         rgb_shape = slot_rgb.shape
         # Views (B, O, HW), (B, O, 3, HW), (B, O, HW), (B, 3, HW), (B, 1, HW) with unit pixel stride.
-        logits = _pixels(mask_logits)
-        rgb = _pixels(slot_rgb.unflatten(1, (O, 3)) if slot_rgb.dim() == 4 else slot_rgb)
-        depth = _pixels(slot_depth)
-        bg_c, bg_d = _pixels(bg_rgb), _pixels(bg_depth)
+        logits = flat_pixels(mask_logits)
+        rgb = flat_pixels(slot_rgb.unflatten(1, (O, 3)) if slot_rgb.dim() == 4 else slot_rgb)
+        depth = flat_pixels(slot_depth)
+        bg_c, bg_d = flat_pixels(bg_rgb), flat_pixels(bg_depth)
 
         dtype, device = mask_logits.dtype, mask_logits.device
         mask_out = dispatch.empty((B, O + 1, H, W), dtype=dtype, device=device) if write_mask else None
@@ -241,12 +245,12 @@ class _CompositeFunction(torch.autograd.Function):
         depth_out = dispatch.empty((B, 1, H, W), dtype=dtype, device=device)
 
         _launch(
-            _composite_fwd_kernel, _fwd_tuned, B, HW, triton.next_power_of_2(O),
+            _composite_fwd_kernel, _fwd_tuned, plan_for_gpu(mask_logits), B, HW, next_pow2(O),
             logits, rgb, depth, bg_c, bg_d,
             mask_out if write_mask else rgb_out, rgb_out, depth_out,  # placeholder pointer, never written
             O, HW, *_split(bg_logit),
             *_strides(logits), *_strides(rgb), *_strides(depth), *_strides(bg_c), bg_d.stride(0),
-            WRITE_MASK=write_mask, ACC=_acc_dtype(dtype),
+            WRITE_MASK=write_mask, ACC=compute_dtype(dtype)[0],
         )
         ctx.save_for_backward(logits, rgb, depth, bg_c, bg_d)
         ctx.meta = (B, O, H, W, rgb_shape, float(bg_logit), write_mask)
@@ -265,9 +269,9 @@ class _CompositeFunction(torch.autograd.Function):
             g_rgb = torch.zeros((B, 3, H, W), dtype=dtype, device=device)
         if g_depth is None:
             g_depth = torch.zeros((B, 1, H, W), dtype=dtype, device=device)
-        g_rgb, g_depth = _pixels(g_rgb.to(dtype)), _pixels(g_depth.to(dtype))
+        g_rgb, g_depth = flat_pixels(g_rgb.to(dtype)), flat_pixels(g_depth.to(dtype))
         has_gmask = g_mask is not None
-        g_mask = _pixels(g_mask.to(dtype)) if has_gmask else g_rgb  # placeholder pointer, never read
+        g_mask = flat_pixels(g_mask.to(dtype)) if has_gmask else g_rgb  # placeholder pointer, never read
 
         d_logits = dispatch.empty((B, O, H, W), dtype=dtype, device=device)
         d_rgb = dispatch.empty((B, O, 3, H, W), dtype=dtype, device=device)
@@ -276,14 +280,14 @@ class _CompositeFunction(torch.autograd.Function):
         d_bg_depth = dispatch.empty((B, 1, H, W), dtype=dtype, device=device)
 
         _launch(
-            _composite_bwd_kernel, _bwd_tuned, B, HW, triton.next_power_of_2(O),
+            _composite_bwd_kernel, _bwd_tuned, plan_for_gpu(logits), B, HW, next_pow2(O),
             logits, rgb, depth, bg_c, bg_d,
             g_mask, g_rgb, g_depth,
             d_logits, d_rgb, d_depth, d_bg_rgb, d_bg_depth,
             O, HW, *_split(bg_logit),
             *_strides(logits), *_strides(rgb), *_strides(depth), *_strides(bg_c), bg_d.stride(0),
             *(_strides(g_mask)[:2] if has_gmask else (0, 0)), *_strides(g_rgb), g_depth.stride(0),
-            HAS_GMASK=has_gmask, ACC=_acc_dtype(dtype),
+            HAS_GMASK=has_gmask, ACC=compute_dtype(dtype)[0],
         )
         return d_logits, d_rgb.view(rgb_shape), d_depth, d_bg_rgb, d_bg_depth, None, None
 
@@ -342,6 +346,6 @@ def composite_slots(mask_logits: torch.Tensor, slot_rgb: torch.Tensor, slot_dept
     _check_args(mask_logits, slot_rgb, slot_depth, bg_rgb, bg_depth, bg_logit)
     tensors = (mask_logits, slot_rgb, slot_depth, bg_rgb, bg_depth)
     if mask_logits.numel() == 0 or not dispatch.use_triton(*tensors):
-        return composite_slots_reference(*tensors, bg_logit=bg_logit, return_mask=return_mask)
+        return _reference(*tensors, float(bg_logit), return_mask)
     outs = _CompositeFunction.apply(*tensors, float(bg_logit), bool(return_mask))
     return tuple(outs) if return_mask else (None, *outs)

@@ -7,17 +7,20 @@ Backends:
   ``reference`` always the plain-PyTorch reference.
 
 Choose with the environment variable ``LOCI_FAST_KERNELS`` or, scoped, with
-``loci_fast.kernels.use_backend(name)``.
+``loci_fast.kernels.use_backend(name)``. ``backend_summary()`` says in one line which backend
+calls will use and why (the trainer prints it at start and stores it with its metrics).
 """
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import threading
+import warnings
 from typing import Iterator, Sequence
 
 import torch
+
+from . import _common
 
 BACKENDS = ("auto", "triton", "reference")
 ENV_VAR = "LOCI_FAST_KERNELS"
@@ -67,31 +70,70 @@ def interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@functools.lru_cache(maxsize=1)
 def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-        import triton.language  # noqa: F401
-    except Exception:  # ImportError, or a broken install raising at import
-        return False
-    return True
+    """True when Triton imported (``_common.TRITON_IMPORT_ERROR`` says why not otherwise)."""
+    return _common.triton is not None
+
+
+_fallback_warned = False
+
+
+def _warn_fallback_once() -> None:
+    global _fallback_warned
+    if not _fallback_warned:
+        _fallback_warned = True
+        warnings.warn(f"loci_fast.kernels: backend 'auto' runs the PyTorch reference on CUDA tensors because "
+                      f"Triton does not import ({_common.TRITON_IMPORT_ERROR}); install triton, or set "
+                      f"{ENV_VAR}=reference to choose the reference knowingly", RuntimeWarning, stacklevel=4)
 
 
 def use_triton(*tensors: torch.Tensor) -> bool:
-    """Decide, for one call, whether the Triton path runs. Raises when ``triton`` is forced but cannot run."""
+    """Decide, for one call, whether the Triton path runs. Raises when ``triton`` is forced but cannot run.
+
+    Inside ``_common.gpu_plan(...)`` (the compile gate) meta tensors count as GPU tensors.
+    """
     backend = get_backend()
     if backend == "reference":
         return False
-    on_cuda = all(t.is_cuda for t in tensors)
+    on_cuda = all(t.is_cuda or (t.is_meta and _common.planning_gpu()) for t in tensors)
     if backend == "auto":
+        if on_cuda and not triton_available():
+            _warn_fallback_once()
         return on_cuda and triton_available()
     if not triton_available():
-        raise RuntimeError("kernel backend 'triton' was requested but Triton does not import; "
-                           "install triton or set LOCI_FAST_KERNELS=reference")
+        raise RuntimeError(f"kernel backend 'triton' was requested but Triton does not import "
+                           f"({_common.TRITON_IMPORT_ERROR}); install triton or set {ENV_VAR}=reference")
     if not on_cuda and not interpreter_enabled():
         raise RuntimeError("kernel backend 'triton' on CPU tensors needs TRITON_INTERPRET=1 set before "
                            "triton is imported; set it, move the tensors to CUDA, or use backend 'reference'")
     return True
+
+
+def backend_summary() -> str:
+    """One line: the backend kernel calls will use now, and why (context, env var or auto; Triton or not)."""
+    stack = getattr(_state, "stack", None)
+    if stack:
+        backend, source = stack[-1], "use_backend() context"
+    elif os.environ.get(ENV_VAR, "").strip():
+        backend, source = get_backend(), f"{ENV_VAR}={os.environ[ENV_VAR].strip()}"
+    else:
+        backend, source = "auto", f"default ({ENV_VAR} unset)"
+    if triton_available():
+        version = getattr(_common.triton, "__version__", "?")
+        mode = ", interpreter on (TRITON_INTERPRET=1)" if interpreter_enabled() else ""
+        triton_state = f"triton {version} imports{mode}"
+    else:
+        triton_state = f"triton does not import ({_common.TRITON_IMPORT_ERROR})"
+    if backend == "reference":
+        effect = "PyTorch reference for every call"
+    elif backend == "triton":
+        effect = ("Triton kernels for every call" if triton_available()
+                  else "Triton forced but missing: calls will raise")
+    elif triton_available():
+        effect = "Triton kernels on CUDA tensors, PyTorch reference on CPU tensors"
+    else:
+        effect = "PyTorch reference for every call (Triton missing)"
+    return f"kernels: {backend} [{source}]: {effect}; {triton_state}"
 
 
 # ---------------------------------------------------------------- argument checks

@@ -20,15 +20,16 @@ Conventions beyond DESIGN.md:
   ``max_std`` (a 1-pixel axis, or a small explicit ``max_std``) the std is ``max_std`` with zero
   gradient (``torch.clamp``'s rule for min > max).
 """
+from __future__ import annotations
+
 import functools
 from dataclasses import dataclass
 
 import torch
-import triton
-import triton.language as tl
 from torch.autograd.function import once_differentiable
 
 from . import dispatch
+from ._common import compute_dtype, flat_pixels, jit, next_pow2, planning_gpu, sm_count, tl  # noqa: F401
 
 __all__ = ["gaussian_maps", "gaussian_maps_reference", "slot_gaussian_merge", "slot_gaussian_merge_reference"]
 
@@ -152,7 +153,7 @@ def slot_gaussian_merge_reference(position: torch.Tensor, gestalt: torch.Tensor,
 
 # ---------------------------------------------------------------- Triton kernels
 
-@triton.jit
+@jit
 def _slot_gaussians(pos_ptr, s_pn, s_pk, const_ptr, rows, rmask, q, H, W,
                     STD_COL: tl.constexpr, CDT: tl.constexpr):
     """Gaussians of the rows `rows` at flat pixels `q`: G [rows, pixels], plus what the backward needs.
@@ -195,7 +196,7 @@ def _slot_gaussians(pos_ptr, s_pn, s_pk, const_ptr, rows, rmask, q, H, W,
     return g, dx, dy, inv_x2, inv_y2, sy, pass_x, pass_y, pass_s
 
 
-@triton.jit
+@jit
 def _occlusion_weights(prio_ptr, s_rb, s_ro, grp, offs_o, rmask, CDT: tl.constexpr):
     """W [o, i] = sigmoid(p_i - p_o) off the diagonal, 0 on it and on padding rows/columns."""
     p = tl.load(prio_ptr + grp.to(tl.int64) * s_rb + offs_o * s_ro, mask=rmask, other=0.0).to(CDT)
@@ -206,8 +207,8 @@ def _occlusion_weights(prio_ptr, s_rb, s_ro, grp, offs_o, rmask, CDT: tl.constex
     return tl.where(keep, wt, 0.0)
 
 
-@triton.jit
-def _merge_fwd_kernel(pos_ptr, s_pn, s_pk, gest_ptr, s_gn, s_gc, prio_ptr, s_rb, s_ro, const_ptr, out_ptr,
+@jit
+def _gaussian_fwd_kernel(pos_ptr, s_pn, s_pk, gest_ptr, s_gn, s_gc, prio_ptr, s_rb, s_ro, const_ptr, out_ptr,
                       N, C, H, W, HW, raw_offset,
                       GROUP: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_P: tl.constexpr,
                       CHUNK_C: tl.constexpr, STD_COL: tl.constexpr, HAS_GEST: tl.constexpr,
@@ -249,8 +250,8 @@ def _merge_fwd_kernel(pos_ptr, s_pn, s_pk, gest_ptr, s_gn, s_gc, prio_ptr, s_rb,
         tl.store(out_ptr + out_offs, m.to(out_ptr.dtype.element_ty), mask=tile_mask)
 
 
-@triton.jit
-def _merge_bwd_reduce_kernel(pos_ptr, s_pn, s_pk, gest_ptr, s_gn, s_gc, prio_ptr, s_rb, s_ro, const_ptr,
+@jit
+def _gaussian_bwd_reduce_kernel(pos_ptr, s_pn, s_pk, gest_ptr, s_gn, s_gc, prio_ptr, s_rb, s_ro, const_ptr,
                              gout_ptr, s_on, s_oc, raw_offset, dgest_ptr, dmap_ptr, dmap_raw_ptr,
                              N, C, H, W, HW,
                              GROUP: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_P: tl.constexpr,
@@ -305,8 +306,8 @@ def _merge_bwd_reduce_kernel(pos_ptr, s_pn, s_pk, gest_ptr, s_gn, s_gc, prio_ptr
         tl.store(dmap_raw_ptr + part_offs, acc_raw, mask=tile_mask)
 
 
-@triton.jit
-def _merge_bwd_position_kernel(pos_ptr, s_pn, s_pk, prio_ptr, s_rb, s_ro, const_ptr,
+@jit
+def _gaussian_bwd_position_kernel(pos_ptr, s_pn, s_pk, prio_ptr, s_rb, s_ro, const_ptr,
                                dmap_ptr, dmap_raw_ptr, s_dk, s_dn, n_chunks, dpos_ptr, dprio_ptr,
                                N, K, H, W, HW,
                                GROUP: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_P: tl.constexpr,
@@ -368,15 +369,6 @@ def _merge_bwd_position_kernel(pos_ptr, s_pn, s_pk, prio_ptr, s_rb, s_ro, const_
 
 # ---------------------------------------------------------------- launch planning
 
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (int(n) - 1).bit_length())
-
-
-@functools.lru_cache(maxsize=16)
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
 @dataclass(frozen=True)
 class _Plan:
     group: int     # rows per program (the O slots of a sample with priority)
@@ -391,20 +383,24 @@ class _Plan:
 
 
 def _plan(n: int, c: int, hw: int, num_slots: int, has_prio: bool, device: torch.device) -> _Plan:
-    interpret = device.type != "cuda"
+    interpret = device.type != "cuda" and not planning_gpu()
     if has_prio:
-        group, block_o = num_slots, max(16, _next_pow2(num_slots))
+        group, block_o = num_slots, max(16, next_pow2(num_slots))
     else:
         # Rows are independent: take several short maps per program, one row of a long map.
-        group = min(_next_pow2(n), 16) if interpret else max(1, min(16, 1024 // _next_pow2(hw)))
-        block_o = _next_pow2(group)
+        group = min(next_pow2(n), 16) if interpret else max(1, min(16, 1024 // next_pow2(hw)))
+        block_o = next_pow2(group)
     # Tile elements per program: the interpreter wants few, big programs (~1.5 ms each); the GPU
     # wants many small ones. [16 slots, 64 pixels] compiles to ~72 registers a thread at 4 warps
     # with 16-byte stores (sm_90), so ~7 programs fit an SM and every launch fills the GPU.
     budget = 16384 if interpret else (1024 if has_prio else 2048)
-    block_p = min(_next_pow2(hw), max(16, budget // block_o))
+    block_p = min(next_pow2(hw), max(16, budget // block_o))
     if has_prio:
         block_p = max(block_p, 16)  # tl.dot needs every dimension >= 16
+        if block_o >= 32 and not interpret:
+            # [32 slots, 32 pixels] made the channel reduction spill 4 B at 4 warps (bf16/fp16,
+            # triton 3.7.1) and at 8 warps (fp32, triton 3.6.0): sm_90, compile gate --shapes all.
+            block_p = 16
     n_groups = -(-n // group)
     n_tiles = -(-hw // block_p)
     if interpret:
@@ -412,7 +408,7 @@ def _plan(n: int, c: int, hw: int, num_slots: int, has_prio: bool, device: torch
     else:
         # Split channels until there are about 4 programs per SM; each chunk adds an (N, h·w) fp32
         # scratch to the backward, so keep chunks of at least 8 channels.
-        target = 4 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+        target = 4 * sm_count(device)
         want = max(1, -(-target // (n_groups * n_tiles)))
         n_chunks = max(1, min(want, c // 8))
         chunk_c = -(-c // n_chunks)
@@ -434,21 +430,9 @@ def _constants(geo: _Geometry, dtype: torch.dtype, device: torch.device) -> torc
     return torch.tensor(values, dtype=dtype, device=device)
 
 
-def _compute_dtype(dtype: torch.dtype):
-    return (tl.float64, torch.float64) if dtype == torch.float64 else (tl.float32, torch.float32)
-
-
-def _pixels_flat(t: torch.Tensor) -> torch.Tensor:
-    """``t`` (rows, C, h, w) with h·w contiguous (stride 1 over the flattened pixels)."""
-    _, _, h, w = t.shape
-    if t.stride(3) == 1 and (h == 1 or t.stride(2) == w):
-        return t
-    return t.contiguous()
-
-
 # ---------------------------------------------------------------- autograd
 
-class _GaussianMergeFn(torch.autograd.Function):
+class _GaussianFunction(torch.autograd.Function):
     """Fused forward/backward of ``slot_gaussian_merge`` (gestalt given) and ``gaussian_maps`` (None)."""
 
     @staticmethod
@@ -459,14 +443,14 @@ class _GaussianMergeFn(torch.autograd.Function):
         has_prio = priority is not None
         with_raw = with_raw and has_prio
         plan = _plan(n, c, hw, num_slots, has_prio, position.device)
-        cdt, ctorch = _compute_dtype(position.dtype)
+        cdt, ctorch = compute_dtype(position.dtype)
         consts = _constants(geo, ctorch, position.device)
         rows_out = 2 * n if with_raw else n
         out = dispatch.empty((rows_out, c, geo.h, geo.w), dtype=position.dtype, device=position.device)
         gest = gestalt if gestalt is not None else position  # unread placeholder when HAS_GEST is off
         prio = priority if has_prio else position
         grid = (plan.n_groups, plan.n_tiles, plan.n_chunks)
-        _merge_fwd_kernel[grid](
+        _gaussian_fwd_kernel[grid](
             position, position.stride(0), position.stride(1), gest, gest.stride(0), gest.stride(1),
             prio, prio.stride(0), prio.stride(1), consts, out, n, c, geo.h, geo.w, hw, n * c * hw,
             GROUP=plan.group, BLOCK_O=plan.block_o, BLOCK_P=plan.block_p, CHUNK_C=plan.chunk_c,
@@ -485,9 +469,9 @@ class _GaussianMergeFn(torch.autograd.Function):
         hw = geo.h * geo.w
         dev = position.device
         has_prio = priority is not None
-        cdt, ctorch = _compute_dtype(position.dtype)
+        cdt, ctorch = compute_dtype(position.dtype)
         consts = _constants(geo, ctorch, dev)
-        gout = _pixels_flat(gout)
+        gout = flat_pixels(gout)  # (rows, C, h·w), pixels contiguous
         prio = priority if has_prio else position
         common = dict(GROUP=plan.group, BLOCK_O=plan.block_o, BLOCK_P=plan.block_p, STD_COL=geo.std_col,
                       HAS_PRIO=has_prio, WITH_RAW=with_raw, CDT=cdt)
@@ -497,7 +481,7 @@ class _GaussianMergeFn(torch.autograd.Function):
             dgest_part = dispatch.empty((plan.n_tiles, n, c), dtype=ctorch, device=dev)
             dmap = dispatch.empty((plan.n_chunks, n, hw), dtype=ctorch, device=dev)
             dmap_raw = dispatch.empty((plan.n_chunks, n, hw), dtype=ctorch, device=dev) if with_raw else dmap
-            _merge_bwd_reduce_kernel[(plan.n_groups, plan.n_tiles, plan.n_chunks)](
+            _gaussian_bwd_reduce_kernel[(plan.n_groups, plan.n_tiles, plan.n_chunks)](
                 position, position.stride(0), position.stride(1), gestalt, gestalt.stride(0), gestalt.stride(1),
                 prio, prio.stride(0), prio.stride(1), consts, gout, gout.stride(0), gout.stride(1),
                 n * gout.stride(0), dgest_part, dmap, dmap_raw, n, c, geo.h, geo.w, hw,
@@ -510,7 +494,7 @@ class _GaussianMergeFn(torch.autograd.Function):
             n_chunks, s_dk, s_dn = 1, 0, gout.stride(0)
         dpos_part = dispatch.empty((plan.n_tiles, n, k), dtype=ctorch, device=dev)
         dprio_part = dispatch.empty((plan.n_tiles, n), dtype=ctorch, device=dev) if has_prio else dpos_part
-        _merge_bwd_position_kernel[(plan.n_groups, plan.n_tiles)](
+        _gaussian_bwd_position_kernel[(plan.n_groups, plan.n_tiles)](
             position, position.stride(0), position.stride(1), prio, prio.stride(0), prio.stride(1), consts,
             dmap, dmap_raw, s_dk, s_dn, n_chunks, dpos_part, dprio_part, n, k, geo.h, geo.w, hw,
             num_warps=plan.position_warps, **common)
@@ -542,7 +526,7 @@ def gaussian_maps(position: torch.Tensor, size, *, position_limit: float = 1.0,
     geo = _check_geometry(position, size, position_limit, min_std, max_std)
     if position.shape[0] == 0 or not dispatch.use_triton(position):
         return _maps_fp32(position, geo)
-    return _GaussianMergeFn.apply(position, None, None, geo, 1, False)
+    return _GaussianFunction.apply(position, None, None, geo, 1, False)
 
 
 def slot_gaussian_merge(position: torch.Tensor, gestalt: torch.Tensor, priority: torch.Tensor | None = None, *,
@@ -571,4 +555,4 @@ def slot_gaussian_merge(position: torch.Tensor, gestalt: torch.Tensor, priority:
     tensors = [t for t in (position, gestalt, priority) if t is not None]
     if position.shape[0] == 0 or gestalt.shape[1] == 0 or not dispatch.use_triton(*tensors):
         return _merge_fp32(position, gestalt, priority, geo, num_slots, with_raw)
-    return _GaussianMergeFn.apply(position, gestalt, priority, geo, num_slots, with_raw)
+    return _GaussianFunction.apply(position, gestalt, priority, geo, num_slots, with_raw)

@@ -9,7 +9,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmark the fused ops against PyTorch and torch.compile",
                        description=__doc__)
     p.add_argument("--ops", nargs="+", default=None, metavar="OP",
-                   help="ops to run (default: all of gaussian, composite, hyperconv)")
+                   help="ops to run (default: all of loci_fast.kernels.OPS)")
     p.add_argument("--quick", action="store_true", help="one shape per op, fewer repetitions")
     p.add_argument("--out", default="bench/results", help="folder for the results files (default: %(default)s)")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile of the references")
@@ -29,10 +29,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--input-size", type=int, default=None, help="override the config's input size (square)")
     t.add_argument("--backends", nargs="+", choices=("reference", "triton"), default=["reference", "triton"],
                    help="kernel backends to compare (default: both)")
+    c = p.add_argument_group("compile gate (instead of the op suite)")
+    c.add_argument("--compile", action="store_true",
+                   help="compile every Triton kernel ahead of time for --arch at the launch parameters of "
+                        "the GPU benchmark shapes; report registers, spills, shared memory, occupancy")
+    c.add_argument("--arch", type=int, default=90, help="compute capability to compile for (default: %(default)s)")
+    c.add_argument("--shapes", choices=("default", "all"), default="default",
+                   help="default: the benchmark cases in fp32/bf16/fp16; all: also the ops' compile_cases() "
+                        "variants")
+    c.add_argument("--max-spill-bytes", type=int, default=0,
+                   help="fail when a kernel spills more than this many bytes (default: %(default)s)")
+    c.add_argument("--triton-path", default=None, metavar="DIR",
+                   help="compile with the triton package found in DIR (e.g. .venv/triton-3.6.0)")
+    c.add_argument("--real-driver", action="store_true",
+                   help="on a GPU: compile for the real device and also record the driver's register counts")
+    m = p.add_argument_group("memory traffic (instead of the op suite)")
+    m.add_argument("--traffic", action="store_true",
+                   help="count the bytes the kernels load and store (Triton interpreter, CPU benchmark cases) "
+                        "against the minimal bytes of each case")
+    m.add_argument("--traffic-plan", choices=("gpu", "interpreter"), default="gpu",
+                   help="launch plans to count: a GPU's (default) or the interpreter's")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.compile:
+        return _compile_gate(args)
+    if args.traffic:
+        return _traffic(args)
     import torch
 
     if not torch.cuda.is_available():
@@ -52,9 +76,19 @@ def run(args: argparse.Namespace) -> int:
                         compile_reference=not args.no_compile, data=args.data, data_workers=args.data_workers)
     print(f"wrote {results['path']} ({results['mode']}, {len(results['cases'])} cases)")
     if not results["ok"]:
-        print("some correctness gates FAILED: see the results file")
+        bad = {op: st for op, st in results["op_status"].items() if st != "ok"}
+        print("not ok: " + ", ".join(f"{op} {st}" for op, st in bad.items()) + " (see the results file)")
         return 1
     return 0
+
+
+def _compile_gate(args: argparse.Namespace) -> int:
+    from .compile_gate import run_gate
+
+    res = run_gate(arch=args.arch, shapes=args.shapes, max_spill_bytes=args.max_spill_bytes, out_dir=args.out,
+                   triton_path=args.triton_path, real_driver=args.real_driver, ops=args.ops)
+    print(f"wrote {res['path']}")
+    return 0 if res["ok"] else 1
 
 
 def _train_step(args: argparse.Namespace) -> int:
@@ -68,4 +102,25 @@ def _train_step(args: argparse.Namespace) -> int:
         print(f"{row['stage']} {row['backend']:9s} {row['dtype']}: {row['step_ms']:.1f} ms/step, "
               f"{row['samples_per_s']:.1f} samples/s")
     print(f"wrote {results['path']}")
+    return 0
+
+
+def _traffic(args: argparse.Namespace) -> int:
+    import subprocess
+    import sys
+
+    if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+        # Triton already imported for a GPU: count in a child process with the interpreter on.
+        env = {**os.environ, "TRITON_INTERPRET": "1"}
+        argv = ["bench", "--traffic", "--traffic-plan", args.traffic_plan, "--out", args.out]
+        argv += (["--ops", *args.ops] if args.ops else []) + (["--quick"] if args.quick else [])
+        return subprocess.run([sys.executable, "-m", "loci_fast.cli", *argv], env=env).returncode
+    os.environ["TRITON_INTERPRET"] = "1"
+    from .traffic import run_traffic
+
+    res = run_traffic(args.ops, quick=args.quick, plan=args.traffic_plan, out_dir=args.out)
+    print(f"wrote {res['path']} ({len(res['rows'])} rows)")
+    if res["ops_without_rows"]:
+        print("no traffic measured for: " + ", ".join(res["ops_without_rows"]))
+        return 1
     return 0

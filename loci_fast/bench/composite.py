@@ -88,3 +88,17 @@ def cases(quick: bool, device: torch.device) -> list[BenchCase]:
         shapes = CPU_QUICK_SHAPES if quick else CPU_GATE_SHAPES
         return [_case(s, notes="cpu-gate") for s in shapes]
     return [_case(s) for s in (QUICK_SHAPES if quick else GPU_SHAPES)]
+
+
+def compile_cases() -> list[BenchCase]:
+    """Launch variants only the compile gate needs (``bench --compile --shapes all``): no mask output
+    (neither written nor given a gradient), and slot counts padded to a power of two."""
+    import dataclasses
+
+    def fused_no_mask(mask_logits, slot_rgb, slot_depth, bg_rgb, bg_depth, bg_logit=BG_LOGIT):
+        with use_backend("triton"):
+            return composite_slots(mask_logits, slot_rgb, slot_depth, bg_rgb, bg_depth, bg_logit=bg_logit,
+                                   return_mask=False)
+
+    no_mask = dataclasses.replace(_case((8, 16, 128, 128), notes="no-mask"), fused=fused_no_mask)
+    return [no_mask, _case((4, 3, 64, 64), notes="odd-slots"), _case((4, 5, 96, 80), notes="odd-slots")]

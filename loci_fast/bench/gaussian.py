@@ -127,3 +127,29 @@ def cases(quick: bool, device: torch.device) -> list[BenchCase]:
     if quick:
         return [merge_case(s) for s in QUICK_MERGE_SHAPES]
     return [merge_case(s) for s in MERGE_SHAPES] + [maps_case(s) for s in MAPS_SHAPES]
+
+
+def compile_cases() -> list[BenchCase]:
+    """Launch variants only the compile gate needs (``bench --compile --shapes all``): the merge
+    without priority and with priority but no raw maps, other slot counts, and positions without a
+    std column (k = 2) or with it in column 2 (k = 3)."""
+    import dataclasses
+
+    def without(case: BenchCase, label: str, **changes) -> BenchCase:
+        make = case.make_inputs
+
+        def make_inputs(dtype, device, gen):
+            inputs = make(dtype, device, gen)
+            for key, value in changes.items():
+                inputs[key] = value(inputs[key]) if callable(value) else value
+            return inputs
+
+        return dataclasses.replace(case, make_inputs=make_inputs, label=label)
+
+    merge = merge_case((8, 16, 256, 16, 16), "variant")
+    maps = maps_case((64, 64, 64), "variant")
+    return [without(merge, "variant merge B8 O16 C256 16x16 no prio", priority=None, with_raw=False),
+            without(merge, "variant merge B8 O16 C256 16x16 prio", with_raw=False),
+            merge_case((4, 4, 64, 32, 32), "variant"), merge_case((2, 24, 64, 8, 8), "variant"),
+            without(maps, "variant maps N64 64x64 k2", position=lambda p: p.detach()[:, :2].requires_grad_()),
+            without(maps, "variant maps N64 64x64 k3", position=lambda p: p.detach()[:, [0, 1, 3]].requires_grad_())]

@@ -69,3 +69,15 @@ def cases(quick: bool, device: torch.device) -> list[BenchCase]:
         shapes = CPU_QUICK_SHAPES if quick else CPU_GATE_SHAPES
         return [_case(s, KERNEL_SIZE, notes="cpu-gate") for s in shapes]
     return [_case(s, KERNEL_SIZE) for s in (QUICK_SHAPES if quick else GPU_SHAPES)]
+
+
+def compile_cases() -> list[BenchCase]:
+    """Launch variants only the compile gate needs (``bench --compile --shapes all``): the other kernel
+    sizes, no bias, and an odd channel count and image size."""
+    import dataclasses
+
+    no_bias = _case((16, 64, 32, 32), KERNEL_SIZE, notes="no-bias")
+    inputs = no_bias.make_inputs
+    no_bias = dataclasses.replace(no_bias, make_inputs=lambda *a: {**inputs(*a), "bias": None})
+    return [_case((16, 128, 16, 16), 3), _case((16, 128, 16, 16), 5), no_bias,
+            _case((3, 37, 33, 70), KERNEL_SIZE, notes="odd")]

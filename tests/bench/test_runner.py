@@ -108,3 +108,30 @@ def _wrap_short(decode_module):
 
     short.calls = 0
     return short
+
+
+def test_an_op_without_cases_is_skipped_never_ok(tmp_path, monkeypatch):
+    """`bench` never reports ok for an op it skipped (here: no benchmark module for 'missing')."""
+    toy = _silu_case(lambda x: torch.nn.functional.silu(x))
+    monkeypatch.setattr(runner, "load_cases", lambda ops, quick, device: [toy])
+    res = runner.run_suite(["toy", "missing"], out_dir=tmp_path, device=torch.device("cpu"), log=lambda s: None)
+    assert res["op_status"] == {"toy": "ok", "missing": "skipped"} and not res["ok"]
+    assert any(s["op"] == "missing" for s in res["skipped"])
+    md = (tmp_path / (res["path"].rsplit("/", 1)[1][:-5] + ".md")).read_text()
+    assert "missing **skipped**" in md and "- skipped: missing" in md
+
+
+def test_half_precision_cases_skipped_on_cpu_are_listed(tmp_path, monkeypatch):
+    case = _silu_case(lambda x: torch.nn.functional.silu(x))
+    case.dtypes = (torch.float32, torch.bfloat16)
+    monkeypatch.setattr(runner, "load_cases", lambda ops, quick, device: [case])
+    res = runner.run_suite(["toy"], out_dir=tmp_path, device=torch.device("cpu"), log=lambda s: None)
+    assert [c["dtype"] for c in res["cases"]] == ["fp32"] and res["ok"]
+    assert [(s["dtype"], "GPU only" in s["reason"]) for s in res["skipped"]] == [("bf16", True)]
+
+
+def test_cli_exits_non_zero_when_an_op_is_skipped(tmp_path, monkeypatch):
+    from loci_fast.cli import main
+
+    monkeypatch.setattr(runner, "load_cases", lambda ops, quick, device: [])
+    assert main(["bench", "--ops", "composite", "--out", str(tmp_path), "--no-compile"]) == 1

@@ -5,19 +5,16 @@ import torch
 
 from loci_fast.kernels import use_backend
 from loci_fast.kernels.dispatch import poison_outputs
+from loci_fast.kernels.testing import TOLERANCE as TOL
+from loci_fast.kernels.testing import rel_err
 
-# max |ours - ref64| / max(max |ref64|, 1), per storage dtype (fp32 compute inside every kernel).
-TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
-
-
-def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    assert ours.shape == ref.shape, f"shape {tuple(ours.shape)} != reference {tuple(ref.shape)}"
-    ours, ref = ours.detach().double().cpu(), ref.detach().double().cpu()
-    assert torch.isfinite(ours).all(), "non-finite values (unwritten output poison or overflow)"
-    return (ours - ref).abs().max().item() / max(ref.abs().max().item(), 1.0) if ref.numel() else 0.0
+__all__ = ["TOL", "rel_err", "assert_close", "leaf", "run_triton", "run_reference"]
 
 
 def assert_close(ours: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, what: str) -> None:
+    """``rel_err(ours, ref) <= TOL[dtype]``, with a message naming ``what`` and the failure."""
+    assert ours.shape == ref.shape, f"{what}: shape {tuple(ours.shape)} != reference {tuple(ref.shape)}"
+    assert torch.isfinite(ours.detach()).all(), f"{what}: non-finite values (unwritten output poison or overflow)"
     err = rel_err(ours, ref)
     assert err <= TOL[dtype], f"{what}: relative error {err:.3e} above the {dtype} tolerance {TOL[dtype]:.0e}"
 

@@ -329,6 +329,7 @@ def test_autotuned_launch_path(gen, monkeypatch):
     bwd = composite._autotuned(composite._composite_bwd_kernel, "HAS_GMASK", do_bench=stopwatch)
     monkeypatch.setattr(composite, "_fwd_tuned", fwd)
     monkeypatch.setattr(composite, "_bwd_tuned", bwd)
+    monkeypatch.setattr(composite, "plan_for_gpu", lambda t: True)  # CPU tensors take the GPU launch path
     compare(gen, make_inputs(gen, 2, 3, 5, 7, layout="4d"), torch.float32)
     assert fwd.best_config is not None and bwd.best_config is not None  # the tuned path really ran
     assert fwd.best_config in composite._prune_configs(composite._GPU_CONFIGS, {}, O_PAD=4)

@@ -7,6 +7,7 @@ import torch
 from loci_fast.kernels import (gaussian_maps, gaussian_maps_reference, slot_gaussian_merge,
                                slot_gaussian_merge_reference, use_backend)
 from loci_fast.kernels import gaussian as gaussian_module
+from loci_fast.kernels._common import gpu_plan
 from loci_fast.kernels.dispatch import poison_outputs
 from tests.kernels.helpers import assert_close, run_triton
 
@@ -129,16 +130,36 @@ def test_gpu_plan_in_interpreter(gen, monkeypatch):
     """The plan a GPU would get (here for a pretend 4-SM device), run by the interpreter: the
     heuristics' tiles, chunks and warps must give the same numbers as the reference."""
     real_plan = gaussian_module._plan
-    monkeypatch.setattr(gaussian_module, "_sm_count", lambda index: 4)
     gpu = torch.device("cuda", 0)
-    plan = real_plan(6, 18, 7 * 20, 3, True, gpu)
+    with gpu_plan(sm_count=4):
+        plan = real_plan(6, 18, 7 * 20, 3, True, gpu)
+        maps_plan = real_plan(512, 1, 256 * 256, 1, False, gpu)
     assert (plan.block_o, plan.block_p, plan.n_tiles) == (16, 64, 3)  # [16 slots, 64 pixels] tiles
     assert (plan.chunk_c, plan.n_chunks, plan.position_warps) == (9, 2, 8)
-    maps_plan = real_plan(512, 1, 256 * 256, 1, False, gpu)
     assert (maps_plan.group, maps_plan.block_p, maps_plan.n_tiles) == (1, 2048, 32)
-    monkeypatch.setattr(gaussian_module, "_plan", lambda n, c, hw, o, has_prio, device: real_plan(n, c, hw, o, has_prio, gpu))
+
+    def pretend_gpu_plan(n, c, hw, o, has_prio, device):
+        with gpu_plan(sm_count=4):
+            return real_plan(n, c, hw, o, has_prio, gpu)
+
+    monkeypatch.setattr(gaussian_module, "_plan", pretend_gpu_plan)
     compare_merge(gen, make_inputs(gen, 2, 3, 18, 4), torch.float32, size=(7, 20), num_slots=3, with_raw=True)
     compare_maps(gen, make_inputs(gen, 3, 1, 1, 4)[0], torch.float32, size=(7, 20))
+
+
+def test_gpu_plan_with_many_slots_in_interpreter(gen, monkeypatch):
+    """From 32 padded slots the GPU plan takes 16-pixel tiles (sm_90 spills otherwise): still right."""
+    real_plan = gaussian_module._plan
+    gpu = torch.device("cuda", 0)
+
+    def pretend_gpu_plan(n, c, hw, o, has_prio, device):
+        with gpu_plan(sm_count=4):
+            return real_plan(n, c, hw, o, has_prio, gpu)
+
+    plan = pretend_gpu_plan(24, 8, 5 * 9, 24, True, None)
+    assert (plan.block_o, plan.block_p, plan.n_tiles) == (32, 16, 3)
+    monkeypatch.setattr(gaussian_module, "_plan", pretend_gpu_plan)
+    compare_merge(gen, make_inputs(gen, 1, 24, 8, 4), torch.float32, size=(5, 9), num_slots=24, with_raw=True)
 
 
 @pytest.mark.parametrize("k", [2, 3, 4])
@@ -273,7 +294,7 @@ def test_gradcheck_triton_fp64(gen):
 # ---------------------------------------------------------------- dispatch
 
 def _is_fused(out: torch.Tensor) -> bool:
-    return type(out.grad_fn).__name__.startswith("_GaussianMergeFn")
+    return type(out.grad_fn).__name__.startswith("_GaussianFunction")
 
 
 def test_backend_switching(gen, monkeypatch):
