@@ -17,17 +17,17 @@ so earlier steps of a truncated-BPTT chunk count through both the traces and BPT
 The gate noise is drawn by the caller (one (Hd,) normal draw per call, §14.1 order) and passed in.
 
 Triton design (N = slot batch, Hd hidden, I inputs):
-* forward: ``_gates_kernel`` (one program per block of hidden units and samples) computes both
+* forward: ``_eprop_gates_kernel`` (one program per block of hidden units and samples) computes both
   pre-activations with ``tl.dot`` over [x, h_last], writes g, r (kept in fp32 for the backward), h and
-  updates the two bias traces; ``_trace_fwd_kernel`` (launched once for the x traces, once for the
+  updates the two bias traces; ``_eprop_trace_fwd_kernel`` (launched once for the x traces, once for the
   h traces) streams each (n, j-tile, i-tile) of e_g and e_r once: read, decay, add the rank-1 term,
   write back in place. No temporaries of trace size.
-* backward: ``_trace_bwd_kernel`` (once for x, once for h) owns one (j-tile, i-tile) of dW_g and dW_r
+* backward: ``_eprop_trace_bwd_kernel`` (once for x, once for h) owns one (j-tile, i-tile) of dW_g and dW_r
   and loops over the batch, so every trace element is read exactly once and the batch sum needs no
   atomics (deterministic); the L0 term is added in the same loop, the bias gradients by the first
   i-tile. When there are few tiles for the SMs (N = 128, Hd = I = 512) the batch is split into parts
   of >= 16 samples whose fp32 partials a fixed-order sum adds (``batch_splits``).
-  ``_input_grad_kernel`` computes dx and dh_last (``tl.dot``, K = Hd) with the carry term.
+  ``_eprop_input_grad_kernel`` computes dx and dh_last (``tl.dot``, K = Hd) with the carry term.
 * fp32 accumulation (fp64 for fp64 inputs); ``tl.dot`` on fp32 tiles with input_precision "ieee",
   on the half-precision operands themselves for fp16/bf16 (tensor cores).
 * sm_90 (ptxas of triton 3.7.1 and 3.6.0, fp32/bf16/fp16 at the benchmark shapes): 64-128
@@ -64,12 +64,7 @@ import weakref
 import torch
 
 from . import dispatch
-
-try:  # Triton is optional: without it only the reference path runs.
-    import triton
-    import triton.language as tl
-except Exception:  # pragma: no cover - exercised only on machines without Triton
-    triton = None
+from ._common import cdiv, jit, plan_for_gpu, sm_count, tl, triton
 
 __all__ = ["eprop_gate_l0rd", "eprop_gate_l0rd_reference", "saved_bytes_upstream", "saved_bytes_ours"]
 
@@ -78,7 +73,7 @@ TRACE_NAMES = ("e_gx", "e_gh", "e_bg", "e_rx", "e_rh", "e_br")
 
 # ---------------------------------------------------------------- reference
 
-class _EpropGateL0rdReference(torch.autograd.Function):
+class _EpropReferenceFunction(torch.autograd.Function):
     """§9.1 in plain PyTorch: the traces cloned after the update, as upstream (fp32 compute for fp16/bf16)."""
 
     @staticmethod
@@ -137,7 +132,7 @@ def eprop_gate_l0rd_reference(x: torch.Tensor, h_last: torch.Tensor, w_gx: torch
     upstream it keeps a clone of every trace for the backward.
     """
     _check_args(x, h_last, w_gx, w_gh, b_g, w_rx, w_rh, b_r, traces, reg, gate_noise)
-    return _EpropGateL0rdReference.apply(x, h_last, w_gx, w_gh, b_g, w_rx, w_rh, b_r, gate_noise,
+    return _EpropReferenceFunction.apply(x, h_last, w_gx, w_gh, b_g, w_rx, w_rh, b_r, gate_noise,
                                          float(reg), tuple(traces))
 
 
@@ -168,7 +163,7 @@ def saved_bytes_ours(n: int, hidden: int, inputs: int, elem: int = 4, last_of_ch
 
 if triton is not None:
 
-    @triton.jit
+    @jit
     def _tanh(a):
         """tanh that keeps the sign of tiny arguments (relu(tanh) decides the gate's openness)."""
         t = tl.exp(-2.0 * tl.abs(a))
@@ -178,8 +173,8 @@ if triton is not None:
         small = a * (1.0 + a2 * (-1.0 / 3.0 + a2 * (2.0 / 15.0 + a2 * (-17.0 / 315.0))))
         return tl.where(tl.abs(a) < 0.0625, small, tl.where(a < 0, -big, big))
 
-    @triton.jit
-    def _gates_kernel(x_ptr, h_ptr, wgx_ptr, wgh_ptr, bg_ptr, wrx_ptr, wrh_ptr, br_ptr, noise_ptr,
+    @jit
+    def _eprop_gates_kernel(x_ptr, h_ptr, wgx_ptr, wgh_ptr, bg_ptr, wrx_ptr, wrh_ptr, br_ptr, noise_ptr,
                       g_ptr, r_ptr, hout_ptr, ebg_ptr, ebr_ptr, obg_ptr, obr_ptr, N, I, HD,
                       SAVE_OLD: tl.constexpr, ACC: tl.constexpr, OP: tl.constexpr, PREC: tl.constexpr,
                       BLOCK_N: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -231,8 +226,8 @@ if triton is not None:
         tl.store(ebg_ptr + off, e_bg.to(ACC) * (1.0 - g) + dg * (r - h_last), mask=ok)
         tl.store(ebr_ptr + off, e_br.to(ACC) * (1.0 - g) + (1.0 - r * r) * g, mask=ok)
 
-    @triton.jit
-    def _trace_fwd_kernel(u_ptr, g_ptr, r_ptr, h_ptr, eg_ptr, er_ptr, og_ptr, or_ptr, HD, U, j_blocks, u_blocks,
+    @jit
+    def _eprop_trace_fwd_kernel(u_ptr, g_ptr, r_ptr, h_ptr, eg_ptr, er_ptr, og_ptr, or_ptr, HD, U, j_blocks, u_blocks,
                           SAVE_OLD: tl.constexpr, ACC: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_U: tl.constexpr):
         pid = tl.program_id(0)
         ub = pid % u_blocks                              # input tiles innermost: contiguous memory
@@ -265,8 +260,8 @@ if triton is not None:
         tl.store(eg_ptr + off, e_g.to(ACC) * keep + c_g[:, None] * u[None, :], mask=ok)
         tl.store(er_ptr + off, e_r.to(ACC) * keep + c_r[:, None] * u[None, :], mask=ok)
 
-    @triton.jit
-    def _trace_bwd_kernel(d_ptr, g_ptr, u_ptr, eg_ptr, er_ptr, ebg_ptr, ebr_ptr, dwg_ptr, dwr_ptr, dbg_ptr, dbr_ptr,
+    @jit
+    def _eprop_trace_bwd_kernel(d_ptr, g_ptr, u_ptr, eg_ptr, er_ptr, ebg_ptr, ebr_ptr, dwg_ptr, dwr_ptr, dbg_ptr, dbr_ptr,
                           reg_ptr, N, HD, U, u_blocks, N_PER, BIAS: tl.constexpr, ACC: tl.constexpr,
                           BLOCK_J: tl.constexpr, BLOCK_U: tl.constexpr):
         pid = tl.program_id(0)
@@ -314,8 +309,8 @@ if triton is not None:
                 tl.store(dbg_ptr + j, db_g, mask=j_ok)
                 tl.store(dbr_ptr + j, db_r, mask=j_ok)
 
-    @triton.jit
-    def _input_grad_kernel(d_ptr, g_ptr, r_ptr, h_ptr, wg_ptr, wr_ptr, out_ptr, reg_ptr, N, HD, U,
+    @jit
+    def _eprop_input_grad_kernel(d_ptr, g_ptr, r_ptr, h_ptr, wg_ptr, wr_ptr, out_ptr, reg_ptr, N, HD, U,
                            CARRY: tl.constexpr, ACC: tl.constexpr, OP: tl.constexpr, PREC: tl.constexpr,
                            BLOCK_N: tl.constexpr, BLOCK_U: tl.constexpr, BLOCK_J: tl.constexpr):
         """out = ((δΔ + λH_g) g') W_g + (δ g r') W_r (+ δ (1 - g) when CARRY: the dh_last carry).
@@ -396,10 +391,10 @@ def batch_splits(n: int, programs: int, sms: int, tile_elems: int) -> int:
     return max(1, min(n // 16, want, (2 ** 31 - 1) // max(tile_elems, 1)))
 
 
-def _sm_count(device: torch.device) -> int:
-    if device.type != "cuda":
+def _sm_count(t: torch.Tensor) -> int:
+    if not plan_for_gpu(t):
         return 1  # the interpreter: one program per tile is the cheapest
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    return sm_count(t.device)
 
 
 def _sum_splits(part: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -451,7 +446,7 @@ _lock = threading.Lock()
 def _forward_triton(x, h_last, w_gx, w_gh, b_g, w_rx, w_rh, b_r, gate_noise, traces, old):
     n, i = x.shape
     hd = h_last.shape[1]
-    interp = not x.is_cuda
+    interp = not plan_for_gpu(x)
     acc, prec = _acc(x.dtype), "ieee"  # fp32/fp64 tiles: tf32 would cost ~1e-3 relative error
     keep_dt = torch.float64 if x.dtype == torch.float64 else torch.float32
     g = dispatch.empty((n, hd), dtype=keep_dt, device=x.device)
@@ -460,15 +455,15 @@ def _forward_triton(x, h_last, w_gx, w_gh, b_g, w_rx, w_rh, b_r, gate_noise, tra
     e_gx, e_gh, e_bg, e_rx, e_rh, e_br = traces
     o = old if old is not None else traces  # never written when SAVE_OLD is off
     bn, bj, bk = gemm_blocks(n, hd, interp)
-    _gates_kernel[(triton.cdiv(hd, bj), triton.cdiv(n, bn))](
+    _eprop_gates_kernel[(cdiv(hd, bj), cdiv(n, bn))](
         x, h_last, w_gx, w_gh, b_g, w_rx, w_rh, b_r, gate_noise, g, r, h, e_bg, e_br, o[2], o[5], n, i, hd,
         SAVE_OLD=old is not None, ACC=acc, OP=_op(x.dtype), PREC=prec, BLOCK_N=bn, BLOCK_J=bj, BLOCK_K=bk,
         num_warps=4)
     for u, e_g, e_r, o_g, o_r in ((x, e_gx, e_rx, o[0], o[3]), (h_last, e_gh, e_rh, o[1], o[4])):
         size = u.shape[1]
         bj, bu, warps = trace_blocks(hd, size, interp)
-        j_blocks, u_blocks = triton.cdiv(hd, bj), triton.cdiv(size, bu)
-        _trace_fwd_kernel[(n * j_blocks * u_blocks,)](
+        j_blocks, u_blocks = cdiv(hd, bj), cdiv(size, bu)
+        _eprop_trace_fwd_kernel[(n * j_blocks * u_blocks,)](
             u, g, r, h_last, e_g, e_r, o_g, o_r, hd, size, j_blocks, u_blocks,
             SAVE_OLD=old is not None, ACC=acc, BLOCK_J=bj, BLOCK_U=bu, num_warps=warps)
     return h, g, r
@@ -477,7 +472,7 @@ def _forward_triton(x, h_last, w_gx, w_gh, b_g, w_rx, w_rh, b_r, gate_noise, tra
 def _backward_triton(dh, x, h_last, w_gx, w_gh, w_rx, w_rh, g, r, traces, reg: float, needs):
     n, i = x.shape
     hd = h_last.shape[1]
-    interp = not x.is_cuda
+    interp = not plan_for_gpu(x)
     acc, prec = _acc(x.dtype), "ieee"  # fp32/fp64 tiles: tf32 would cost ~1e-3 relative error
     dev, dt = x.device, x.dtype
     need_x, need_h, need_wgx, need_wgh, need_bg, need_wrx, need_wrh, need_br = needs
@@ -496,16 +491,16 @@ def _backward_triton(dh, x, h_last, w_gx, w_gh, w_rx, w_rh, g, r, traces, reg: f
             continue
         size = u.shape[1]
         bj, bu, warps = trace_blocks(hd, size, interp, backward=True)
-        u_blocks = triton.cdiv(size, bu)
-        programs = triton.cdiv(hd, bj) * u_blocks
-        splits = batch_splits(n, programs, _sm_count(dev), hd * size)
-        n_per = triton.cdiv(n, splits)
+        u_blocks = cdiv(size, bu)
+        programs = cdiv(hd, bj) * u_blocks
+        splits = batch_splits(n, programs, _sm_count(x), hd * size)
+        n_per = cdiv(n, splits)
         # One split: the kernel writes the gradients. Several: per-split partials, summed below.
         part_dt = dt if splits == 1 else g.dtype
         dw_g = dispatch.empty((splits, hd, size), dtype=part_dt, device=dev)
         dw_r = dispatch.empty((splits, hd, size), dtype=part_dt, device=dev)
         db_g, db_r = (grads["b_g"], grads["b_r"]) if bias_here else (dw_g, dw_r)
-        _trace_bwd_kernel[(programs, splits)](
+        _eprop_trace_bwd_kernel[(programs, splits)](
             dh, g, u, e_g, e_r, e_bg, e_br, dw_g, dw_r, db_g, db_r, reg_t, n, hd, size, u_blocks, n_per,
             BIAS=bias_here, ACC=acc, BLOCK_J=bj, BLOCK_U=bu, num_warps=warps)
         grads["w_g" + key], grads["w_r" + key] = (_sum_splits(t, dt) for t in (dw_g, dw_r))
@@ -515,14 +510,14 @@ def _backward_triton(dh, x, h_last, w_gx, w_gh, w_rx, w_rh, g, r, traces, reg: f
             continue
         size = w_g.shape[1]
         out = dispatch.empty((n, size), dtype=dt, device=dev)
-        _input_grad_kernel[(triton.cdiv(size, bu), triton.cdiv(n, bn))](
+        _eprop_input_grad_kernel[(cdiv(size, bu), cdiv(n, bn))](
             dh, g, r, h_last, w_g, w_r, out, reg_t, n, hd, size, CARRY=key == "h", ACC=acc, OP=_op(dt),
             PREC=prec, BLOCK_N=bn, BLOCK_U=bu, BLOCK_J=bk, num_warps=4)
         grads[key] = out
     return grads
 
 
-class _EpropGateL0rd(torch.autograd.Function):
+class _EpropFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h_last, w_gx, w_gh, b_g, w_rx, w_rh, b_r, gate_noise, reg: float, traces, work,
                 record: bool):
@@ -641,5 +636,5 @@ def eprop_gate_l0rd(x: torch.Tensor, h_last: torch.Tensor, w_gx: torch.Tensor, w
     work = tuple(t if t.is_contiguous() else t.contiguous() for t in traces)
     # A step whose graph is recorded may need its traces kept for its backward (copy-on-write).
     record = torch.is_grad_enabled() and any(t.requires_grad for t in tensors[:8])
-    return _EpropGateL0rd.apply(x, h_last, w_gx, w_gh, b_g, w_rx, w_rh, b_r, gate_noise, float(reg),
+    return _EpropFunction.apply(x, h_last, w_gx, w_gh, b_g, w_rx, w_rh, b_r, gate_noise, float(reg),
                                 tuple(traces), work, record)
