@@ -162,19 +162,9 @@ def endless(stream) -> Iterator[dict[str, Any]]:
 
 def kernel_summary() -> str:
     """Which kernel backend the model's ops use, and why."""
-    from loci_fast import kernels
+    from loci_fast.kernels import backend_summary
 
-    summary = getattr(kernels, "backend_summary", None)
-    if summary is not None:
-        return summary()
-    from loci_fast.kernels import dispatch
-
-    backend = dispatch.get_backend()
-    if backend == "auto":
-        triton = "Triton on CUDA tensors" if dispatch.triton_available() else \
-            "the PyTorch reference (Triton does not import)"
-        return f"auto: {triton if torch.cuda.is_available() else 'the PyTorch reference (CPU)'}"
-    return backend
+    return backend_summary()
 
 
 # ---------------------------------------------------------------------------------------------
