@@ -269,8 +269,16 @@ def test_upstream_retanh_parity(gen):
 
 
 def test_saves_trace_copies_only_when_a_graph_is_built(gen):
-    """Backward needs this step's traces (the next step overwrites them): copies are saved with grad
-    on, nothing under no_grad (evaluation must not pay the memory)."""
+    """Backward needs this step's traces (the next step overwrites them): the reference saves copies
+    with grad on, nothing under no_grad (evaluation must not pay the memory). The Triton path copies
+    only when a later step overwrites them (tests/kernels/test_eprop.py)."""
+    from loci_fast.kernels import use_backend
+
+    with use_backend("reference"):
+        _check_saved_copies(gen)
+
+
+def _check_saved_copies(gen):
     cell = GateL0RD(5, 6, 6)
     x = torch.randn(3, 5, generator=gen)
     h0, traces = cell.initial_state(3)
