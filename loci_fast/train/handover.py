@@ -98,7 +98,8 @@ def plan_mapping(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor
                                  f" but '{dst}' has {tuple(target[dst].shape)}; the model configs "
                                  f"(gestalt_size, channels, input_size) must match")
             mapping[dst] = key
-        lines.append(f"  {src_prefix or ''}* -> {dst_prefix or ''}*: {len(keys)} tensors")
+        star = "*" if src_prefix == "" or src_prefix.endswith(".") else ""  # an exact key has no star
+        lines.append(f"  {src_prefix}{star} -> {dst_prefix}{star}: {len(keys)} tensors")
     return mapping, lines
 
 
