@@ -38,7 +38,7 @@ from .state import SlotState, initial_slot_state
 from .update_gate import UpdateGate
 
 VISIBLE = 0.8  # mask value above which a pixel counts as visible in the occlusion ratio
-MODES = ("random", "regularization", "segmentation")
+MODES = ("random", "regularization")  # the per-frame step alone; LociModel adds "segmentation"
 DROP_VISIBLE = 0.75  # a slot whose composited mask never exceeds this is "invisible" to the mask drop
 DROP_SIGMA_SCALE = 25.0
 DROP_LOGIT = -10.0  # mask logit of a dropped slot
@@ -89,13 +89,17 @@ class StepOutput(NamedTuple):
 class Loci(nn.Module):
     """Loci-s's per-frame step; submodule names (and so state-dict prefixes) are upstream's."""
 
+    modes: tuple[str, ...] = MODES
+
     def __init__(self, encoder: LociEncoder, decoder: LociDecoder, predictor: LatentPredictor,
                  update_gate: UpdateGate, object_discovery: ObjectDiscovery, background: nn.Module, *,
                  input_depth: bool = False, inference_mode: str = "random") -> None:
         super().__init__()
-        if inference_mode not in MODES:
-            raise ValueError(f"inference_mode: {inference_mode!r} is not implemented yet; supported: "
-                             f"{', '.join(MODES)}")
+        if inference_mode not in self.modes:
+            hint = ("; segmentation starts from the position proposal: build the whole model, "
+                    "loci_fast.model.loci_model.LociModel") if inference_mode == "segmentation" else ""
+            raise ValueError(f"inference_mode: {inference_mode!r} is not supported by {type(self).__name__}; "
+                             f"supported: {', '.join(self.modes)}{hint}")
         self.encoder, self.decoder, self.predictor = encoder, decoder, predictor
         self.update_gate, self.object_discovery, self.background = update_gate, object_discovery, background
         self.num_slots = decoder.num_slots

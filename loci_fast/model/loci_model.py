@@ -47,6 +47,8 @@ class LociModel(Loci):
     ``object_regularizer`` 0, ``time_regularizer`` 1 by default) and regulariser warm-up ``teacher_forcing``
     (the run's ``teacher_forcing``, 10 in loci-s.json)."""
 
+    modes = ("random", "regularization", "segmentation")
+
     def __init__(self, *args, proposal: nn.Module | None = None, teacher_forcing: int = 10,
                  sequence_len: int = 24, weights: dict[str, float] | None = None, rgb_loss: str = "YCbCrL2SSIMLoss",
                  **kwargs) -> None:
