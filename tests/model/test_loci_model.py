@@ -181,8 +181,22 @@ def upstream_loci_module(root):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not UPSTREAM, reason="set LOCI_FAST_UPSTREAM to an upstream checkout")
-def test_imported_upstream_loci_module_gives_its_losses_and_gradients(gen, tmp_path):
-    cfg = full_cfg()
+@pytest.mark.parametrize("depth,dtype", [(False, torch.float32), (True, torch.float64)])
+def test_imported_upstream_loci_module_gives_its_losses_and_gradients(gen, tmp_path, depth, dtype):
+    """float32 with RGB input (the gradients within 1e-4); with depth input in float64, where the
+    learnt priority scalars' gradients (sums of many cancelling terms through the 250-scaled
+    priorities) are well conditioned enough to compare (values 1e-7, gradients 1e-6: a few of
+    the constants on both sides stay float32)."""
+    tol, grad_tol = (1e-4, 1e-4) if dtype == torch.float32 else (1e-7, 1e-6)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # upstream creates its zeros and ones in the default dtype
+    try:
+        _upstream_chunks(gen, tmp_path, full_cfg(input_depth=depth), dtype, tol, grad_tol)
+    finally:
+        torch.set_default_dtype(default)
+
+
+def _upstream_chunks(gen, tmp_path, cfg, dtype, tol, grad_tol):
     with upstream_loci_module(UPSTREAM) as LociModule:
         with contextlib.redirect_stdout(io.StringIO()):
             up = LociModule(Cfg(copy.deepcopy(cfg)))
@@ -202,8 +216,9 @@ def test_imported_upstream_loci_module_gives_its_losses_and_gradients(gen, tmp_p
                          str(cfg_path), "--out", str(tmp_path / "loci.safetensors")]) == 0
         ours = LociModel.from_config(cfg)
         ours.load_state_dict(load_file(str(tmp_path / "loci.safetensors")), strict=True)
+        up.to(dtype), ours.to(dtype)
         ours.train()
-        batch = video(gen)
+        batch = {k: v.to(dtype) if v.is_floating_point() else v for k, v in video(gen).items()}
         state = None
         for chunk in tbptt_chunks(batch, K, TF):
             ts = chunk["time_steps"].expand(B, -1)
@@ -211,16 +226,16 @@ def test_imported_upstream_loci_module_gives_its_losses_and_gradients(gen, tmp_p
             with record_draws() as log:
                 loss, _ = up.model_step((chunk["rgb"], chunk["depth"], ts, chunk["use_depth"]), 0, "train")
             if chunk["reset"]:
-                state = ours.initial_state(B)
+                state = ours.initial_state(B, dtype=dtype)
             with use_backend("reference"), replay_draws(log):
                 out = ours(chunk["rgb"], chunk["depth"], ts, chunk["use_depth"], state)
             state = out.state.detach()
-            assert rel_err(out.loss.detach(), loss.detach().reshape(())) < 1e-4, chunk["time_steps"]
+            assert rel_err(out.loss.detach(), loss.detach().reshape(())) < tol, chunk["time_steps"]
             compared = 0
             for name, value in out.terms.items():
                 if f"train_{name}" in logged:
                     ref = torch.tensor(logged[f"train_{name}"], dtype=torch.float64)
-                    assert rel_err(value.detach().reshape(()), ref) < 1e-4, (chunk["time_steps"].tolist(), name)
+                    assert rel_err(value.detach().reshape(()), ref) < tol, (chunk["time_steps"].tolist(), name)
                     compared += 1
             assert compared >= (10 if chunk["time_steps"][-1] < 0 else 27)
             if chunk["time_steps"][-1] >= 2:
@@ -233,5 +248,5 @@ def test_imported_upstream_loci_module_gives_its_losses_and_gradients(gen, tmp_p
             our_grads = {n: p.grad for n, p in ours.named_parameters() if p.grad is not None}
             assert sorted(up_grads) == sorted(our_grads)
             for name, g in up_grads.items():
-                assert rel_err(our_grads[name].reshape(g.shape), g) < 1e-4, (chunk["time_steps"].tolist(), name)
+                assert rel_err(our_grads[name].reshape(g.shape), g) < grad_tol, (chunk["time_steps"].tolist(), name)
             assert len(our_grads) > 100
