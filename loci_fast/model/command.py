@@ -14,7 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", metavar="IN.ckpt", help="upstream checkpoint file")
     p.add_argument("--config", required=True, metavar="CFG",
                    help="the config the checkpoint was trained with (upstream JSON or ours)")
-    p.add_argument("--kind", default="pretrainer", choices=("pretrainer", "background", "proposal", "loci-v1"),
+    p.add_argument("--kind", default="pretrainer",
+                   choices=("pretrainer", "background", "proposal", "loci", "loci-v1"),
                    help="which upstream module the checkpoint holds (default: %(default)s)")
     p.add_argument("--out", required=True, metavar="OUT", help="output file: *.safetensors or a torch file (.pt)")
     p.set_defaults(func=run)
@@ -95,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     from .upstream import convert_state_dict
 
     try:
-        model_cfg = load_config(args.config)["model"]
+        cfg = load_config(args.config)
+        model_cfg = cfg["model"]
     except ConfigError as err:
         print(f"error: --config {args.config}: {err}", file=sys.stderr)
         return 2
@@ -109,16 +111,23 @@ def run(args: argparse.Namespace) -> int:
         return import_loci_v1(args.checkpoint, model_cfg, args.out)
     try:
         state = load_upstream_checkpoint(args.checkpoint)
-        model = BackgroundPretrainer.from_config(model_cfg) if args.kind == "background" else LociPretrainer(model_cfg)
+        if args.kind == "loci":
+            from .loci_model import LociModel
+
+            model = LociModel.from_config(cfg)
+        elif args.kind == "background":
+            model = BackgroundPretrainer.from_config(model_cfg)
+        else:
+            model = LociPretrainer(model_cfg)
         converted = convert_state_dict(state, kind=args.kind, model=model)
         model.load_state_dict(converted, strict=True)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    # A converted background names its stage, so `loci-fast train --init-from` loads it one-to-one into a
-    # background run (pretrainer conversions stay unnamed: "upstream", see loci_fast.train.handover).
-    save(converted, args.out, {"format": "loci-fast", "stage": "background", "source": "upstream"}
-         if args.kind == "background" else None)
+    # A converted background or Loci-s names its stage, so `loci-fast train --init-from` loads it one-to-one
+    # into a run of that stage (pretrainer conversions stay unnamed: "upstream", see loci_fast.train.handover).
+    save(converted, args.out, {"format": "loci-fast", "stage": args.kind, "source": "upstream"}
+         if args.kind in ("background", "loci") else None)
     n = sum(t.numel() for t in converted.values())
     print(f"wrote {args.out}: {len(converted)} tensors, {n:,} values (kind {args.kind})")
     return 0

@@ -13,10 +13,12 @@ Random draws happen where upstream makes them (§14.1), inside the modules, in t
 background's, ObjectDiscovery's, the encoder's Binarize (training), the current decode's priority
 noise, then on prediction steps the update gate's, the predictor's and the next decode's.
 
-Inference modes "random" and "regularization" (on teacher-forcing steps the decodes drop slots that
-look like a near duplicate of another, :func:`similarity_mask_drop`). Not here yet: "segmentation"
-(the proposal, §13.4), and the auxiliary losses (position and time regularisers, §16.3), which a
-training stage computes from the returned ``last`` values and the prediction.
+Inference modes "random", "regularization" (on teacher-forcing steps the decodes drop slots that
+look like a near duplicate of another, :func:`similarity_mask_drop`) and "segmentation" (on
+teacher-forcing steps the reconstruction keeps the mask it was given, the proposal's at a sequence
+start; the proposal itself runs in :class:`~loci_fast.model.loci_model.LociModel`). The auxiliary
+losses (position and time regularisers, §16.3) are computed by ``loci_fast.model.losses.loci`` from
+the returned ``last`` values and the prediction.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ from .state import SlotState, initial_slot_state
 from .update_gate import UpdateGate
 
 VISIBLE = 0.8  # mask value above which a pixel counts as visible in the occlusion ratio
-MODES = ("random", "regularization")
+MODES = ("random", "regularization")  # the per-frame step alone; LociModel adds "segmentation"
 DROP_VISIBLE = 0.75  # a slot whose composited mask never exceeds this is "invisible" to the mask drop
 DROP_SIGMA_SCALE = 25.0
 DROP_LOGIT = -10.0  # mask logit of a dropped slot
@@ -87,13 +89,17 @@ class StepOutput(NamedTuple):
 class Loci(nn.Module):
     """Loci-s's per-frame step; submodule names (and so state-dict prefixes) are upstream's."""
 
+    modes: tuple[str, ...] = MODES
+
     def __init__(self, encoder: LociEncoder, decoder: LociDecoder, predictor: LatentPredictor,
                  update_gate: UpdateGate, object_discovery: ObjectDiscovery, background: nn.Module, *,
                  input_depth: bool = False, inference_mode: str = "random") -> None:
         super().__init__()
-        if inference_mode not in MODES:
-            raise ValueError(f"inference_mode: {inference_mode!r} is not implemented yet; supported: "
-                             f"{', '.join(MODES)}")
+        if inference_mode not in self.modes:
+            hint = ("; segmentation starts from the position proposal: build the whole model, "
+                    "loci_fast.model.loci_model.LociModel") if inference_mode == "segmentation" else ""
+            raise ValueError(f"inference_mode: {inference_mode!r} is not supported by {type(self).__name__}; "
+                             f"supported: {', '.join(self.modes)}{hint}")
         self.encoder, self.decoder, self.predictor = encoder, decoder, predictor
         self.update_gate, self.object_discovery, self.background = update_gate, object_discovery, background
         self.num_slots = decoder.num_slots
@@ -180,6 +186,8 @@ class Loci(nn.Module):
                                                    rgb_last, depth_raw_last, position_last, gestalt_last,
                                                    slot_reset=found.slot_reset, use_hyper_weights=True)
         current = self.run_decoder(position, gestalt, priority, bg_rgb_last, bg_depth_last, True, teacher_forcing)
+        if teacher_forcing and self.inference_mode == "segmentation" and s.mask is not None:
+            current["mask"] = s.mask.clone()  # upstream: output_cur['mask'] = init_mask
         prediction: dict[str, torch.Tensor] = {"bg_rgb": bg_rgb, "bg_depth": bg_depth}
         hidden = s.predictor_hidden
         if not teacher_forcing:

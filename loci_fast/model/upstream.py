@@ -9,6 +9,12 @@ which must be 0, and ``gestalt_mean``/``gestalt_std``) are dropped.
 ``kind="background"`` takes upstream's ``LociBackgroundModule`` state dict (``net.*`` and the
 depth-context GestaltLoss counter) and returns one for ``loci_fast.model.background.BackgroundPretrainer``
 (key map in ``upstream_background_keys.py``).
+
+``kind="loci"`` takes upstream's ``LociModule`` state dict (or its ``Loci`` net's) and returns one for
+:class:`loci_fast.model.loci_model.LociModel`: ``net.`` stripped, ``encoder.``/``decoder.`` by the
+object-pathway rules, ``predictor.``/``update_gate.``/``object_discovery.`` key for key, ``background.``
+through the background key map, ``proposal.`` (segmentation configs) through the proposal's; the RGB
+loss's constant colour matrix is dropped.
 """
 from __future__ import annotations
 
@@ -21,7 +27,10 @@ from torch import nn
 from .upstream_background_keys import BACKGROUND_KEY_MAP, COUNTER_KEY
 from .upstream_encoder_keys import encoder_key_map
 
-KINDS = ("pretrainer", "background")
+KINDS = ("pretrainer", "background", "loci")
+#: LociModule buffers outside the network (the YCbCr loss's constant conversion matrix)
+_LOCI_MODULE_EXTRAS = ("rgbloss.to_YCbCr.matrix", "l1ssim.to_YCbCr.matrix")
+_LOCI_SAME = ("predictor.", "update_gate.", "object_discovery.")
 _DROP = "drop"
 _LEGACY = "legacy"
 
@@ -138,10 +147,47 @@ def _convert_background(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[st
     return out, unplaced
 
 
+def _convert_loci(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
+    """Upstream ``LociModule`` (``net.*``) or ``Loci`` state dict -> ours, the unplaced keys, the legacy
+    switches that are on."""
+    from .upstream_proposal import convert_proposal_state_dict
+
+    source = {k: v for k, v in state_dict.items() if k not in _LOCI_MODULE_EXTRAS}
+    if any(k.startswith("net.") for k in source):
+        source = {(k[len("net."):] if k.startswith("net.") else k): v for k, v in source.items()}
+    out: dict[str, torch.Tensor] = {}
+    unplaced, legacy_on, background, proposal = [], [], {}, {}
+    for key, value in source.items():
+        if key.startswith(("encoder.", "decoder.")):
+            placed = _place(key)
+            if placed is not None and placed[0] == _LEGACY:
+                if value.numel() != 1 or float(value) != 0:
+                    legacy_on.append(f"{key} = {value.tolist()}")
+            elif placed is None or not placed[0].startswith(("encoder.", "decoder.")):
+                unplaced.append(key)
+            else:
+                out[placed[0]] = placed[1](value)
+        elif key.startswith(_LOCI_SAME):
+            out[key] = value
+        elif key.startswith("background."):
+            background["net." + key[len("background."):]] = value
+        elif key.startswith("proposal."):
+            proposal[key[len("proposal."):]] = value
+        else:
+            unplaced.append(key)
+    if background:
+        converted, missed = _convert_background({**background, COUNTER_KEY: torch.zeros(())})
+        out.update({"background." + k[len("net."):]: v for k, v in converted.items() if k != COUNTER_KEY})
+        unplaced += ["background." + k[len("net."):] for k in missed]
+    if proposal:
+        out.update({"proposal." + k: v for k, v in convert_proposal_state_dict(proposal).items()})
+    return out, unplaced, legacy_on
+
+
 def convert_state_dict(state_dict: Mapping[str, torch.Tensor], kind: str = "pretrainer", *,
                        model: nn.Module | None = None) -> dict[str, torch.Tensor]:
-    """Upstream ``LociPretrainer`` (``kind="pretrainer"``) or ``LociBackgroundModule``
-    (``kind="background"``) state dict -> ours (see the module docstring).
+    """Upstream ``LociPretrainer`` (``kind="pretrainer"``), ``LociBackgroundModule`` (``kind="background"``)
+    or ``LociModule`` (``kind="loci"``) state dict -> ours (see the module docstring).
 
     With ``model`` the result is also checked key by key and shape by shape against
     ``model.state_dict()``. Raises ValueError naming every key that no rule places, every
@@ -155,6 +201,9 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor], kind: str = "pret
     if kind == "background":
         out, unplaced = _convert_background({k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor)})
         return _finish(out, unplaced, [], not_tensors, "upstream LociBackgroundModule", model)
+    if kind == "loci":
+        out, unplaced, legacy_on = _convert_loci({k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor)})
+        return _finish(out, unplaced, legacy_on, not_tensors, "upstream LociModule", model)
     source = strip_lightning_prefix(state_dict)
     out: dict[str, torch.Tensor] = {}
     unplaced, legacy_on = [], []

@@ -1,9 +1,11 @@
 """``--init-from``: weights from earlier stages, by explicit prefix mappings, never by guesswork.
 
 Which source stage may initialise which target stage, and how its keys move, is declared in
-``MAPPINGS``. Each rule maps a key prefix of the source to a prefix of the target; every source
-key under a rule's prefix must land on a target key of the same shape, and every rule must match
-at least one key, else the run stops before training, naming the key. Sources are our checkpoints
+``MAPPINGS``. Each rule maps a key prefix of the source to a prefix of the target (a source
+"prefix" that is neither empty nor ends in "." names one key exactly, e.g. the pretrainer's
+``std``, which must not also catch ``std_...``); every source key under a rule's prefix must land
+on a target key of the same shape, and every rule must match at least one key, else the run stops
+before training, naming the key. Sources are our checkpoints
 (run folder or checkpoint folder), ``loci-fast export`` files, and upstream checkpoints converted
 by ``loci-fast import-upstream`` (safetensors whose metadata names no stage, or stage
 ``upstream``: they hold a whole LociPretrainer and load one-to-one).
@@ -29,6 +31,11 @@ def _decoder_rules(modality: str) -> tuple[Rule, ...]:
             (f"{modality}_pretrainer.decoder.", f"decoder.to_{modality}."))
 
 
+# Loci-s from a stage-2 object run (upstream's --load-objects): its encoder and decoder, and the
+# learnt initial slot std and depth into object discovery (§17.5).
+_LOCI_OBJECTS: tuple[Rule, ...] = (("encoder.", "encoder."), ("decoder.", "decoder."),
+                                   ("std", "object_discovery.std"), ("depth", "object_discovery.depth"))
+
 # (target stage, source stage) -> rules. A stage always initialises from itself one-to-one.
 MAPPINGS: dict[tuple[str, str], tuple[Rule, ...]] = {
     ("stage1", "mask"): _decoder_rules("mask"),
@@ -37,7 +44,19 @@ MAPPINGS: dict[tuple[str, str], tuple[Rule, ...]] = {
     ("stage2", "stage1"): WHOLE,
     ("stage1", "upstream"): WHOLE,
     ("stage2", "upstream"): WHOLE,
+    ("loci", "stage2"): _LOCI_OBJECTS,
+    ("loci", "upstream"): _LOCI_OBJECTS,  # an upstream pretrainer converted by import-upstream
+    # upstream's --load-bg: BackgroundPretrainer holds the UncertaintyBackground as ``net``
+    ("loci", "background"): (("net.", "background."),),
+    # upstream's --load-proposal (segmentation mode); the stage keeps it frozen
+    ("loci", "proposal"): (("position_estimator.", "proposal.position_estimator."),),
 }
+
+
+def _matches(key: str, src_prefix: str) -> bool:
+    if src_prefix == "" or src_prefix.endswith("."):
+        return key.startswith(src_prefix)
+    return key == src_prefix
 
 
 def read_source(path: str | Path) -> tuple[dict[str, torch.Tensor], str, str]:
@@ -65,7 +84,7 @@ def plan_mapping(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor
     mapping: dict[str, str] = {}
     lines = []
     for src_prefix, dst_prefix in rules:
-        keys = [k for k in source if k.startswith(src_prefix)]
+        keys = [k for k in source if _matches(k, src_prefix)]
         if not keys:
             raise TrainError(f"--init-from {what}: holds no tensors under '{src_prefix}*', which "
                              f"this stage needs; is it a checkpoint of the right stage?")
@@ -79,7 +98,8 @@ def plan_mapping(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor
                                  f" but '{dst}' has {tuple(target[dst].shape)}; the model configs "
                                  f"(gestalt_size, channels, input_size) must match")
             mapping[dst] = key
-        lines.append(f"  {src_prefix or ''}* -> {dst_prefix or ''}*: {len(keys)} tensors")
+        star = "*" if src_prefix == "" or src_prefix.endswith(".") else ""  # an exact key has no star
+        lines.append(f"  {src_prefix}{star} -> {dst_prefix}{star}: {len(keys)} tensors")
     return mapping, lines
 
 

@@ -88,8 +88,8 @@ def test_unplaceable_and_legacy_keys_are_named(model):
     other = LociPretrainer({**TINY, "gestalt_size": 64})
     with pytest.raises(ValueError, match="wrong shape"):
         convert_state_dict(up, model=other)
-    with pytest.raises(ValueError, match="unknown checkpoint kind 'loci'"):
-        convert_state_dict(up, kind="loci")
+    with pytest.raises(ValueError, match="unknown checkpoint kind 'video'"):
+        convert_state_dict(up, kind="video")
 
 
 def _tiny_config_file(tmp_path):

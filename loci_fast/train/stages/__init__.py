@@ -25,6 +25,8 @@ BUILTIN: dict[str, str] = {
     "background": "loci_fast.train.stages.background:BACKGROUND",
     # The position proposal of segmentation-mode slot initialisation (reference §13, §17.6).
     "proposal": "loci_fast.train.stages.proposal:PROPOSAL",
+    # The whole Loci-s model on videos, truncated BPTT (reference §14, §17.5).
+    "loci": "loci_fast.train.stages.loci:LOCI",
 }
 #: upstream's command-line spellings of stages
 ALIASES: dict[str, str] = {"pretrain-bg": "background", "pretrain_bg": "background"}
