@@ -176,7 +176,7 @@ import triton.backends.nvidia.compiler  # the compile gate's path into Triton
 from loci_fast.bench.runner import load_cases
 from loci_fast.config import load_config
 from loci_fast.kernels import OPS, backend_summary
-from loci_fast.train.stage import get_stage, stage_from_config
+from loci_fast.train.stages import get_stage, stage_from_config
 from loci_fast.train.ranger import Ranger  # noqa: F401
 cases = load_cases(OPS, False, torch.device("cuda"))
 stage = get_stage(stage_from_config(load_config({stage2!r})))
