@@ -56,25 +56,11 @@ class Namespace(dict):
         return Namespace(v) if isinstance(v, dict) else v
 
 
-@contextlib.contextmanager
 def record_draws():
     """Log ``(name, value)`` of every torch.randn/rand/normal/randn_like call while active."""
-    log = []
-    originals = {n: getattr(torch, n) for n in DRAWS}
+    from tests.model.upstream_draws import record_draws as record
 
-    def wrap(name, fn):
-        def recorded(*args, **kwargs):
-            out = fn(*args, **kwargs)
-            log.append((name, out.detach().clone()))
-            return out
-        return recorded
-    for n, fn in originals.items():
-        setattr(torch, n, wrap(n, fn))
-    try:
-        yield log
-    finally:
-        for n, fn in originals.items():
-            setattr(torch, n, fn)
+    return record(*DRAWS)
 
 
 def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:

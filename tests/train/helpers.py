@@ -89,3 +89,12 @@ def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
 
 def losses(out: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in read_metrics(out / "metrics.jsonl")]
+
+
+def synth_shards(tmp: Path, videos: int = 4) -> str:
+    """Real shards from `loci-fast data synth` under ``tmp/data`` (64x64, 2-3 objects); their glob."""
+    proc = run(launcher("python") + ["data", "synth", "--out", str(tmp / "data"), "--videos", str(videos),
+                                     "--frames", "4", "--size", "64", "--objects", "2", "3",
+                                     "--shard-videos", "1", "--workers", "1", "--no-progress"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return str(tmp / "data" / "train-*.tar")

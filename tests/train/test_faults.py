@@ -13,7 +13,8 @@ from loci_fast.train import checkpoint as ckpt
 from loci_fast.train import manifest
 from loci_fast.train.logs import read_metrics
 
-from .helpers import REPO, env, kill_group, launcher, losses, run, start, toy_setup, train_args, wait_for_step
+from .helpers import (REPO, env, kill_group, launcher, losses, run, start, synth_shards, toy_setup, train_args,
+                      wait_for_step)
 
 pytestmark = pytest.mark.slow
 CONFIG = REPO / "configs" / "tiny" / "pretrain-mask-decoder.json"
@@ -23,11 +24,7 @@ STEPS = ["--max-steps", "14", "--save-every", "2", "--keep", "0", "--workers", "
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("faults")
-    proc = run(launcher("python") + ["data", "synth", "--out", str(tmp / "data"), "--videos", "4",
-                                     "--frames", "4", "--size", "64", "--objects", "2", "3",
-                                     "--shard-videos", "1", "--workers", "1", "--no-progress"])
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return tmp, str(tmp / "data" / "train-*.tar")
+    return tmp, synth_shards(tmp)
 
 
 @pytest.fixture(scope="module")

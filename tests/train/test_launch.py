@@ -12,7 +12,7 @@ import pytest
 
 from loci_fast.train import checkpoint as ckpt
 
-from .helpers import REPO, kill_group, launcher, losses, run, start, toy_setup, train_args, wait_for_step
+from .helpers import REPO, kill_group, launcher, losses, run, start, synth_shards, toy_setup, train_args, wait_for_step
 
 pytestmark = pytest.mark.slow
 STEPS = ["--max-steps", "12", "--save-every", "3"]
@@ -29,11 +29,7 @@ def toy(tmp_path_factory):
 def synth(tmp_path_factory):
     """Real shards from `loci-fast data synth` and the tiny mask-decoder config."""
     tmp = tmp_path_factory.mktemp("synth")
-    proc = run(launcher("python") + ["data", "synth", "--out", str(tmp / "data"), "--videos", "4",
-                                     "--frames", "4", "--size", "64", "--objects", "2", "3",
-                                     "--shard-videos", "1", "--workers", "1", "--no-progress"])
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return tmp, REPO / "configs" / "tiny" / "pretrain-mask-decoder.json", str(tmp / "data" / "train-*.tar")
+    return tmp, REPO / "configs" / "tiny" / "pretrain-mask-decoder.json", synth_shards(tmp)
 
 
 @pytest.fixture(scope="module")
