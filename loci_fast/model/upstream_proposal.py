@@ -79,13 +79,9 @@ def import_proposal(checkpoint: str, model_cfg, out: str) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    tensors = {k: v.detach().contiguous().clone() for k, v in converted.items()}
-    if out.endswith(".safetensors"):
-        from safetensors.torch import save_file
+    from .command import save
 
-        save_file(tensors, out, metadata={"format": "loci-fast", "stage": "proposal", "source": "upstream"})
-    else:
-        torch.save(tensors, out)
-    n = sum(t.numel() for t in tensors.values())
-    print(f"wrote {out}: {len(tensors)} tensors, {n:,} values (kind proposal)")
+    save(converted, out, {"format": "loci-fast", "stage": "proposal", "source": "upstream"})
+    n = sum(t.numel() for t in converted.values())
+    print(f"wrote {out}: {len(converted)} tensors, {n:,} values (kind proposal)")
     return 0
