@@ -10,6 +10,8 @@ setup(
     python_requires=">=3.10",
     packages=PACKAGES,
     package_dir={"loci_fast.kernels": "kernels"},
+    # The playground's page (MANIFEST.in puts the same files in an sdist).
+    package_data={"loci_fast.playground": ["static/*.html", "static/*.js", "static/*.css"]},
     # Ranges, not pins (requirements.txt pins): each admits torch 2.13.0 and the GPU image's 2.11.
     install_requires=[
         "torch>=2.4",
@@ -20,7 +22,7 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "dev": ["pytest>=8,<9", "pytest-benchmark>=5.1,<5.3", "ruff>=0.6"],
+        "dev": ["pytest>=8,<9", "pytest-benchmark>=5.1,<5.3", "ruff>=0.6", "playwright>=1.40"],
         "train": ["deepspeed>=0.15", "tensorboard>=2.14", "safetensors>=0.4", "matplotlib>=3.7"],
         "data": ["pybullet>=3.2", "h5py>=3.8", "imageio>=2.30"],
     },
