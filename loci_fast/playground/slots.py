@@ -69,6 +69,8 @@ class SlotDecoder(ABC):
     position_size: int
     groups: list[tuple[str, int]]
     axes: dict[str, int]
+    size_range: tuple[float, float]  # where the decoder clips the size entry; the page stays inside it
+    labels: dict[str, dict[int, str]] = {"gestalt": {}, "position": {}}  # names of the other entries
 
     def __init__(self, image_size: tuple[int, int], device: torch.device) -> None:
         self.image_size, self.device = image_size, device
@@ -98,7 +100,9 @@ class SlotDecoder(ABC):
     def describe(self) -> dict[str, Any]:
         """What the page needs to lay out its controls."""
         return {"kind": self.kind, "image_size": list(self.image_size), "gestalt_size": self.gestalt_size,
-                "position_size": self.position_size, "groups": [list(g) for g in self.groups], "axes": self.axes}
+                "position_size": self.position_size, "groups": [list(g) for g in self.groups], "axes": self.axes,
+                "size_range": list(self.size_range),
+                "labels": {k: {str(i): n for i, n in v.items()} for k, v in self.labels.items()}}
 
     def render(self, latent: SlotLatent) -> Views:
         """Decode ``latent`` and return its four views."""
@@ -116,6 +120,7 @@ class LociV1Slot(SlotDecoder):
     kind = "loci-v1"
     position_size = 3
     axes = {"row": 0, "col": 1, "size": 2}
+    size_range = (0.0, 1.0)
 
     def __init__(self, model_cfg: Any, state: dict[str, torch.Tensor], device: torch.device,
                  source: str = "checkpoint") -> None:
@@ -171,12 +176,14 @@ class LociSSlot(SlotDecoder):
         g = self.decoder.gestalt_size
         self.gestalt_size = 3 * g + 1
         self.groups = [("mask", g), ("depth", g), ("rgb", g)]
-        self.min_std = 1.0 / min(lh, lw)  # the decoder's clip at the latent grid
+        self.labels = {"gestalt": {3 * g: "z_scale"}, "position": {2: "depth z"}}
+        self.size_range = (1.0 / min(lh, lw), 0.5)  # the decoder's std clip at the latent grid
         load_strict(self.decoder, decoder_state(state, source), source)
         self.decoder.to(device).eval()
 
     def default_latent(self) -> SlotLatent:
-        return SlotLatent([0.0] * (self.gestalt_size - 1) + [0.5], [0.0, 0.0, 0.0, 0.1])
+        std = min(max(0.1, 1.5 * self.size_range[0]), self.size_range[1])  # visibly above the clip
+        return SlotLatent([0.0] * (self.gestalt_size - 1) + [0.5], [0.0, 0.0, 0.0, std])
 
     def _views(self, gestalt, position):
         from loci_fast import kernels as K
@@ -184,7 +191,7 @@ class LociSSlot(SlotDecoder):
         mask_logit, rgb = self.decoder(position, gestalt)[:2]
         mask = torch.sigmoid(mask_logit[0, 0] - LOCI_S_COMPETITOR)  # softmax against the competitor
         composite = mask * rgb[0] + (1 - mask) * self.background
-        where = K.gaussian_maps(position, self.image_size, min_std=self.min_std)
+        where = K.gaussian_maps(position, self.image_size, min_std=self.size_range[0])
         return composite, rgb[0], mask, where[0, 0]
 
 

@@ -49,6 +49,7 @@ def test_layout_matches_the_model(running):
     else:  # tiny loci-s: gestalt 32 per code, then z_scale; 64x64
         assert slot["groups"] == [["mask", 32], ["depth", 32], ["rgb", 32]] and slot["image_size"] == [64, 64]
         assert slot["gestalt_size"] == 97 and len(latent["position"]) == 4
+        assert slot["labels"] == {"gestalt": {"96": "z_scale"}, "position": {"2": "depth z"}}
 
 
 def test_decode_gives_four_images_and_flipped_bits_change_them(running):
@@ -129,3 +130,26 @@ def test_cli_errors_name_the_problem(weights, tmp_path, capsys):
     assert main(["playground", "--config", str(CONFIGS["loci-v1"]), "--checkpoint", str(weights["loci-v1"]),
                  "--background", str(tmp_path / "none.jpg")]) == 2
     assert "no such image file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", sorted(CONFIGS))
+def test_background_image_is_resized_and_shows_only_in_the_composite(kind, weights, tmp_path):
+    from PIL import Image
+
+    from loci_fast.playground.command import build_server
+
+    views = {}
+    for colour in ("black", "white"):
+        path = tmp_path / f"{colour}.jpg"
+        Image.new("RGB", (320, 240), colour).save(path)  # CATER's size, not the tiny model's
+        running = Running(build_server(playground_args(kind, weights, background=path)))
+        try:
+            views[colour] = running.decode(json.loads(running.get("/api/slot")[1])["latent"])
+        finally:
+            running.stop()
+    assert np.array_equal(views["black"]["rgb"], views["white"]["rgb"])
+    assert np.array_equal(views["black"]["mask"], views["white"]["mask"])
+    # composite = m * slot + (1 - m) * background: white lifts every pixel the slot does not cover fully
+    lift = views["white"]["composite"].astype(int) - views["black"]["composite"].astype(int)
+    coverage = views["black"]["mask"][..., 0].astype(float) / 255  # the mask view's red channel is m
+    assert (lift >= 0).all() and np.allclose(lift.mean(axis=2) / 255, 1 - coverage, atol=0.02)

@@ -91,11 +91,13 @@ function buildExtras() {
   const box = document.getElementById("extras");
   const bits = state.slot.groups.reduce((sum, group) => sum + group[1], 0);
   for (let i = bits; i < state.slot.gestalt_size; i += 1) {
-    box.appendChild(numberInput(`gestalt[${i}]`, state.latent.gestalt, i));
+    box.appendChild(numberInput(state.slot.labels.gestalt[i] || `gestalt[${i}]`, state.latent.gestalt, i));
   }
   const used = new Set(Object.values(state.slot.axes));
   for (let i = 0; i < state.slot.position_size; i += 1) {
-    if (!used.has(i)) box.appendChild(numberInput(`position[${i}]`, state.latent.position, i));
+    if (!used.has(i)) {
+      box.appendChild(numberInput(state.slot.labels.position[i] || `position[${i}]`, state.latent.position, i));
+    }
   }
 }
 
@@ -124,8 +126,9 @@ function bindPosition() {
   map.addEventListener("wheel", (event) => {
     event.preventDefault();
     const p = state.latent.position, s = p[axes.size];
+    const [low, high] = state.slot.size_range;  // the decoder clips the size to this range
     const step = Math.max(s * (1 - s) * 0.1, 0.001);  // upstream's step, kept positive past s = 1
-    p[axes.size] = event.deltaY < 0 ? s + step : Math.max(s - step, 0);
+    p[axes.size] = Math.min(high, Math.max(low, event.deltaY < 0 ? s + step : s - step));
     decode();
   }, { passive: false });
 }
@@ -135,7 +138,7 @@ function bindViews() {
   const big = document.getElementById("big");
   for (const box of document.querySelectorAll(".view-box.small")) {
     box.addEventListener("click", () => {
-      const small = box.querySelector("img"), large = big.querySelector("img");
+      const small = box.querySelector("figure"), large = big.querySelector("figure");
       box.appendChild(large);
       big.appendChild(small);
     });
