@@ -153,3 +153,22 @@ def test_background_image_is_resized_and_shows_only_in_the_composite(kind, weigh
     lift = views["white"]["composite"].astype(int) - views["black"]["composite"].astype(int)
     coverage = views["black"]["mask"][..., 0].astype(float) / 255  # the mask view's red channel is m
     assert (lift >= 0).all() and np.allclose(lift.mean(axis=2) / 255, 1 - coverage, atol=0.02)
+
+
+def test_empty_or_oversized_bodies_get_400(v1_server):
+    import http.client
+    from urllib.parse import urlparse
+
+    from loci_fast.playground.server import MAX_BODY
+
+    where = urlparse(v1_server.url)
+    for length in ("0", str(MAX_BODY + 1), "many"):
+        conn = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
+        try:
+            conn.putrequest("POST", "/api/decode")
+            conn.putheader("Content-Length", length)
+            conn.endheaders()
+            response = conn.getresponse()
+            assert response.status == 400 and "Content-Length" in json.loads(response.read())["error"]
+        finally:
+            conn.close()
