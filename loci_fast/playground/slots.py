@@ -115,7 +115,7 @@ class SlotDecoder(ABC):
 
 
 class LociV1Slot(SlotDecoder):
-    """The original Loci's decoder at the config's level; position (row, col, size), G gestalt bits."""
+    """The original Loci's decoder at level 2 (the input size); position (row, col, size), G gestalt bits."""
 
     kind = "loci-v1"
     position_size = 3
@@ -125,25 +125,21 @@ class LociV1Slot(SlotDecoder):
     def __init__(self, model_cfg: Any, state: dict[str, torch.Tensor], device: torch.device,
                  source: str = "checkpoint") -> None:
         from loci_fast.loci_v1.decoder import LociV1Decoder
-        from loci_fast.loci_v1.residual import mean_pool
 
         m, dec = model_cfg, model_cfg["decoder"]
-        level = int(m["level"])
         h, w = (int(v) for v in m["input_size"])
-        if level == 1:
-            h, w = h // 4, w // 4
         super().__init__((h, w), device)
         self.gestalt_size = int(m["gestalt_size"])
         self.groups = [("gestalt", self.gestalt_size)]
+        # Level 2 whatever the config's level, as upstream's GUI: a level-1 run's level-2 branches are
+        # gated by ~1e-16, so this shows its level-1 output upsampled, at the background's size.
         self.decoder = LociV1Decoder(tuple(m["latent_size"]), 1, self.gestalt_size, int(dec["channels"]),
-                                     int(dec["level1_channels"]), int(dec["num_layers"]), level)
+                                     int(dec["level1_channels"]), int(dec["num_layers"]), level=2)
         load_strict(self.decoder, decoder_state(state, source), source)
         self.decoder.to(device).eval()
         bg = state.get("background.mask")
         if bg is None:
-            bg = torch.ones(1, 1, *(int(v) for v in m["input_size"]))  # the untrained initial logit
-        if bg.shape[-1] != w:
-            bg = mean_pool(bg, bg.shape[-1] // w)
+            bg = torch.ones(1, 1, h, w)  # the untrained initial logit
         self.bg_logit = bg.to(device, torch.float32)[0, 0]
 
     def default_latent(self) -> SlotLatent:
