@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--slot", type=int, default=0, help="row of --latent when it holds several slots (default: 0)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
     p.add_argument("--port", type=int, default=0, help="port (default: 0, a free one)")
-    p.add_argument("--device", default="cpu", help="torch device for the decoder (default: %(default)s)")
+    p.add_argument("--device", default=None, help="torch device for the decoder (default: cuda if available, else cpu)")
     p.add_argument("--verbose", action="store_true", help="log every request")
     p.set_defaults(func=run)
 
@@ -53,7 +53,8 @@ def build_server(args: argparse.Namespace):
         cfg = load_config(source)
     except ConfigError as err:
         raise ValueError(f"config: {err}") from None
-    slot = build_slot(cfg, weights.state, torch.device(args.device), weights.source)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    slot = build_slot(cfg, weights.state, device, weights.source)
     if args.background:
         image, resized = load_background(args.background, slot.image_size)
         if resized:
