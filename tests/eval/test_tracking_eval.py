@@ -1,0 +1,159 @@
+"""`loci-fast eval` of an original-Loci CATER model: snitch localisation over real CATER shards.
+
+The shards are converted (`convert-cater`) from a small folder in the release's layout (the
+`data synth --cater` generator) with the frames also stored at the tiny model's input size; the
+model is the tiny CATER config with random weights, written as `import-upstream` writes them.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from loci_fast.cli import main
+from loci_fast.config import load_config
+from loci_fast.data.cater.load import iter_cater
+from loci_fast.data.cater.synth import make_release
+from loci_fast.data.convert_cater import convert_cater
+from loci_fast.eval import cater, tracking
+from loci_fast.eval.cater_rollout import VideoNoise
+from loci_fast.eval.weights import load_weights
+from loci_fast.loci_v1 import LociV1
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = REPO / "configs" / "tiny" / "cater-stage4.json"
+VIDEOS, FRAMES = 5, 6
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_config(str(CONFIG))
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory, cfg) -> str:
+    """5 CATER videos of 6 frames in 3 shards, frames at the tiny model's 48x32 as well."""
+    root = tmp_path_factory.mktemp("release") / "CATER"
+    make_release(root, VIDEOS, FRAMES, seed=1)
+    h, w = cfg["model"]["input_size"]
+    for video in sorted(root.glob("0*")):
+        (video / "train" / f"{w}x{h}").mkdir()
+        for f in sorted((video / "train" / "80x60").iterdir()):
+            Image.open(f).resize((w, h), Image.BILINEAR).save(video / "train" / f"{w}x{h}" / f.name, quality=90)
+    out = tmp_path_factory.mktemp("shards")
+    convert_cater(root, out, resolutions=(f"{w}x{h}",), shard_videos=2, progress=False, log=lambda s: None)
+    return str(out / "*.tar")
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory, cfg) -> Path:
+    torch.manual_seed(3)
+    model = LociV1.from_config(cfg["model"], teacher_forcing=cfg["teacher_forcing"])
+    with torch.no_grad():
+        model.background.alpha.fill_(0.8)  # a half faded-in background: the target fade takes part
+    path = tmp_path_factory.mktemp("model") / "cater.safetensors"
+    save_file({k: v.contiguous().clone() for k, v in model.state_dict().items()}, str(path),
+              metadata={"format": "loci-fast", "model": "loci-v1", "source": "upstream"})
+    return path
+
+
+def run_eval(weights: Path, shards: str, out: Path, *extra: str) -> dict:
+    rc = main(["eval", "--checkpoint", str(weights), "--config", str(CONFIG), "--data", shards, "--out", str(out),
+               "--no-progress", *extra])
+    assert rc == 0
+    return json.loads((out / "results.json").read_text())
+
+
+def samples(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+
+
+def direct_snitch(model: LociV1, item: dict, seed: int, carryover: bool = True) -> torch.Tensor:
+    """The tracker's predictions of one video, written the way upstream's eval loop reads (§4.1)."""
+    frames = torch.from_numpy(item["frames"])[None]
+    bg = torch.from_numpy(item["background"])
+    noise = VideoNoise(model, [item["key"]], seed)
+    t_len = item["num_frames"] - 1
+    inp = frames[:, 0]
+    inp_next, target = inp, inp.clamp(0, 1)
+    error, state, preds, draw = None, None, [], 0
+    with torch.no_grad():
+        for t in range(-model.teacher_forcing, t_len):
+            if t >= 0:
+                inp, inp_next = inp_next, frames[:, t + 1]
+                target = inp_next.clamp(0, 1)
+            elif not carryover:
+                target = frames[:, 0].clamp(0, 1)
+            out, state = model.step(inp, bg, state, error, noise.step(draw), test=True)
+            draw += 1
+            init = max(0.0, min(1.0, model.init_status()))
+            bg_error = torch.sqrt(((target - out.background) ** 2).mean(1, keepdim=True))
+            error = torch.sqrt(torch.sqrt(((target - out.output) ** 2).mean(1, keepdim=True))) * bg_error
+            if t >= 0:
+                preds.append(out.snitch[0])
+            fg = (bg_error > 0.1).float()
+            target = (target * fg * (1 - init) + target * init).clamp(0, 1)
+    return torch.stack(preds).double()  # (T-1, 2): predictions for frames 1 .. T-1
+
+
+def upstream_curves(pairs: list[tuple[int, float]]) -> dict[int, tuple[list[float], float]]:
+    by: dict[int, list[float]] = {}
+    for d, v in pairs:
+        by.setdefault(d, []).append(v)
+    return {d: ([float(np.quantile(v, q)) for q in cater.QUANTILES], float(np.mean(v))) for d, v in sorted(by.items())}
+
+
+def test_numbers_equal_a_direct_computation_on_the_trackers_outputs(cfg, shards, weights, tmp_path):
+    res = run_eval(weights, shards, tmp_path / "ev", "--batch-size", "2", "--seed", "5")
+    model = tracking.build_model(cfg, load_weights(weights).state, torch.device("cpu"))
+    items = list(iter_cater(shards, size=tuple(cfg["model"]["input_size"])))
+    assert len(items) == VIDEOS
+    preds = [direct_snitch(model, item, 5) for item in items]
+    final = cater.snitch_localisation(torch.stack([p[-1] for p in preds]), torch.tensor([i["label"] for i in items]),
+                                      torch.tensor(np.stack([i["snitch_xyz"][-1] for i in items])))
+    want = cater.localisation_summary(final)
+    row = res["rows"][0]
+    assert row["videos"] == VIDEOS
+    for k in ("top1", "top5", "l1_grid", "l1_upstream", "l2"):
+        assert row[k] == pytest.approx(want[k], rel=1e-5, abs=1e-6), k
+    recs = samples(tmp_path / "ev")
+    assert [r["video"] for r in recs] == [i["key"] for i in items]
+    assert [r["label"] for r in recs] == final["label"].tolist()
+    # L2 versus containment, counted frame by frame as upstream does
+    for name, offset in (("containment", 0), ("containment_upstream_offset", 1)):
+        pairs = []
+        for item, p in zip(items, preds):
+            c = item["contained"][:FRAMES]
+            dur = np.zeros(FRAMES, int)
+            for t in range(FRAMES):
+                dur[t] = (dur[t - 1] if t else 0) * int(c[t]) + int(c[t])
+            l2 = cater.tracking_l2(p, torch.from_numpy(item["snitch_xyz"][1:FRAMES])).tolist()
+            pairs += [(int(dur[f - offset]), l2[f - 1]) for f in range(1, FRAMES) if dur[f - offset] > 0]
+        assert pairs, "the synthetic videos must contain the snitch somewhere"
+        curves = upstream_curves(pairs)
+        got = res["containment"][name]
+        assert got["duration"] == list(curves) and got["count"] == [sum(d == k for d, _ in pairs) for k in curves]
+        np.testing.assert_allclose(got["quantiles"], [q for q, _ in curves.values()], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got["mean"], [m for _, m in curves.values()], rtol=1e-5, atol=1e-6)
+    md = (tmp_path / "ev" / "results.md").read_text()
+    assert "L1 grid (cells)" in md and "L1 as upstream computes it" in md
+    assert "| frames contained |" in (tmp_path / "ev" / "containment.md").read_text()
+    # the corrected warm-up protocol is another rollout
+    assert not torch.equal(direct_snitch(model, items[0], 5, carryover=False), preds[0])
+
+
+def test_batched_equals_one_video_per_batch(shards, weights, tmp_path):
+    run_eval(weights, shards, tmp_path / "b1", "--batch-size", "1")
+    run_eval(weights, shards, tmp_path / "b3", "--batch-size", "3")
+    one, three = samples(tmp_path / "b1"), samples(tmp_path / "b3")
+    assert [r["video"] for r in one] == [r["video"] for r in three]
+    for a, b in zip(one, three):
+        assert (a["label"], a["top1"], a["top5"]) == (b["label"], b["top1"], b["top5"])
+        np.testing.assert_allclose(a["screen"], b["screen"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(a["l2_track"][1:], b["l2_track"][1:], rtol=1e-5, atol=1e-6)
