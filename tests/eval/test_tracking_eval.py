@@ -7,7 +7,6 @@ model is the tiny CATER config with random weights, written as `import-upstream`
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
