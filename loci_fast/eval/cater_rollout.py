@@ -59,14 +59,15 @@ def _rms(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def rollout_snitch(model: LociV1, frames: torch.Tensor, background: torch.Tensor, noise: VideoNoise, *,
+def rollout_snitch(model: LociV1, frames: torch.Tensor, background: torch.Tensor, noise: VideoNoise | None, *,
                    steps: int, warmup_carryover: bool = True) -> torch.Tensor:
     """The tracker's snitch predictions of a batch: (B, steps + 1, 2) screen (row, col).
 
     Args:
         frames: (B, >= steps + 1, 3, h, w) BGR in [0, 1] at the model level's resolution.
         background: (B or 1, 3, h, w) the static background.
-        noise: the batch's per-video draws.
+        noise: the batch's per-video draws; None draws from the global RNG in upstream's order (then a
+            video's numbers depend on its batch, as upstream's do).
         steps: predicted frames; entry t + 1 is the prediction for frame t + 1 (entry 0 is NaN).
         warmup_carryover: reuse the faded target during the warm-up (upstream, see the module docstring).
     """
@@ -79,12 +80,16 @@ def rollout_snitch(model: LociV1, frames: torch.Tensor, background: torch.Tensor
     frame = frames[:, 0]
     target = frame.clamp(0, 1)
     warm = model.teacher_forcing
+
+    def draws(index: int):
+        return None if noise is None else noise.step(index, device)
+
     for t in range(-warm, steps):
         if t >= 0:
             frame, target = frames[:, t], frames[:, t + 1].clamp(0, 1)
         elif not warmup_carryover:
             target = frames[:, 0].clamp(0, 1)
-        out, state = model.step(frame, background, state, error, noise.step(t + warm, device), test=True)
+        out, state = model.step(frame, background, state, error, draws(t + warm), test=True)
         init = min(1.0, max(0.0, model.init_status()))
         bg_error = _rms(target, out.background)
         error = torch.sqrt(_rms(target, out.output)) * bg_error
