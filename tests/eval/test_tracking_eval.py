@@ -29,6 +29,12 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "tiny" / "cater-stage1.json"  # level 1: frames at input_size / 4
 VIDEOS, FRAMES = 4, 5
 SIZE = (8, 12)
+# video 000001's labels, written by hand: Cone_0 hides the snitch from the end of its contain (1) to the
+# start of its pick-place (3), Cone_1 from the end of its contain (4) on; the last position is in cell
+# row floor(-2.2) + 3 = 0, col floor(1.5) + 3 = 4 (§6.1)
+HAND_MOVES = {"Cone_0": [["_contain", "Spl_0", 0, 1], ["_pick_place", None, 3, 4]],
+              "Cone_1": [["_slide", None, 0, 1], ["_contain", "Spl_0", 2, 4]]}
+HAND_LAST, HAND_LABEL, HAND_CONTAINED = (1.5, -2.2), 4, [0, 1, 1, 0, 1]
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +47,12 @@ def shards(tmp_path_factory, cfg) -> str:
     """4 CATER videos of 5 frames in 2 shards, frames also at the tiny model's level-1 size 12x8."""
     root = tmp_path_factory.mktemp("release") / "CATER"
     make_release(root, VIDEOS, FRAMES, seed=1)
+    labels = root / "labels" / "000001.json"
+    meta = json.loads(labels.read_text())
+    snitch = next(o for o in meta["objects"] if o["shape"] == "spl")
+    snitch["locations"][str(FRAMES - 1)][:2] = HAND_LAST
+    meta["movements"].update(HAND_MOVES)
+    labels.write_text(json.dumps(meta))
     h, w = SIZE
     for video in sorted(root.glob("0*")):
         (video / "train" / f"{w}x{h}").mkdir()
@@ -132,6 +144,9 @@ def test_numbers_equal_a_direct_computation_on_the_trackers_outputs(cfg, shards,
         assert row[k] == pytest.approx(want[k], rel=1e-5, abs=1e-6), k
     recs = samples(batched)
     assert [r["video"] for r in recs] == [i["key"] for i in items]
+    hand = next(i for i, r in enumerate(recs) if r["video"] == "000001")  # the hand-built labels, converted
+    assert (recs[hand]["target"], recs[hand]["contained"]) == (HAND_LABEL, HAND_CONTAINED)
+    assert items[hand]["contained"][FRAMES:].all()  # still in Cone_1 until frame 301
     assert [r["label"] for r in recs] == final["label"].tolist()
     # L2 versus containment, counted frame by frame as upstream does
     for name, offset in (("containment", 0), ("containment_upstream_offset", 1)):
