@@ -23,7 +23,10 @@ def world() -> tuple[int, int]:
 
 
 def local_device(requested: str | None) -> torch.device:
-    """``requested``, else this rank's GPU (``LOCAL_RANK``) when CUDA is available, else the CPU."""
+    """``requested`` (plain "cuda" means this rank's GPU, ``LOCAL_RANK``), else that GPU when CUDA is
+    available, else the CPU."""
+    if requested == "cuda":  # every rank its own GPU
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     if requested:
         return torch.device(requested)
     if torch.cuda.is_available():

@@ -98,6 +98,10 @@ def video_records(model, batch: list[dict], *, seed: int, warmup_carryover: bool
     noise = VideoNoise(model, [item["ref"].key for item in batch], seed)
     snitch = rollout_snitch(model, frames, background, noise, steps=steps,
                             warmup_carryover=warmup_carryover).double().cpu()
+    for i, item in enumerate(batch):
+        if not torch.isfinite(snitch[i, 1:item["num_frames"]]).all():
+            raise ValueError(f"video {item['ref'].key!r} ({item['ref'].shard}): the tracker's snitch prediction is "
+                             "not finite (NaN or inf); the checkpoint's weights are broken, evaluate another one")
     records = []
     for i, item in enumerate(batch):
         ref: VideoRef = item["ref"]
@@ -153,6 +157,65 @@ def write_containment(out: Path, curves: dict[str, Any]) -> Path:
     return out / "containment.md"
 
 
+def _open_log(out: str | Path, fresh: bool, settings: dict[str, Any], rank: int, size: int):
+    """Rank 0's ResultLog (None elsewhere) and, on every rank, the ordinals already done; a refused
+    resume raises on every rank."""
+    from .results import ResultLog
+
+    log, done = None, None
+    if rank == 0:
+        try:
+            log = ResultLog(out, fresh=fresh)
+            log.check_settings(settings)
+            done = sorted(log.done)
+        except ValueError as err:
+            done = str(err)
+    done = broadcast(done, size)
+    if isinstance(done, str):
+        raise ValueError(done)
+    return log, set(done)
+
+
+def _run_share(model, refs: Sequence[VideoRef], todo: int, log, bar, *, size: int, batch_size: int,
+               seed: int, warmup_carryover: bool, device: torch.device) -> None:
+    """Evaluate this rank's videos batch by batch; after each batch rank 0 logs every rank's records."""
+    stream = iter_batches(refs, batch_size, size=frame_size(model))
+    for _ in range(batch_count(todo, size, batch_size)):
+        try:
+            batch = next(stream, [])
+            records: list | str = video_records(model, batch, seed=seed, device=device,
+                                                warmup_carryover=warmup_carryover) if batch else []
+        except ValueError as err:  # passed to every rank, so none waits for a rank that stopped
+            records = str(err)
+        parts = gather(records, size)
+        failed = [p for p in parts if isinstance(p, str)]
+        if failed:
+            raise ValueError(failed[0])
+        for part in parts:
+            for rec in part if log is not None else ():
+                log.add(rec["batch"], [rec], {"video": rec["video"]})
+            if bar is not None:
+                bar.update(len(part))
+
+
+def _write_summary(out: str | Path, records: list[dict[str, Any]], header: dict[str, Any]) -> dict[str, Any]:
+    """results.{json,md} and containment.{json,md}; returns the summary."""
+    from .results import write_table
+
+    row, curves = summarise(records)
+    columns = [("videos", "videos"), ("top1", "top-1"), ("top5", "top-5"), ("l1_grid", "L1 grid (cells)"),
+               ("l1_upstream", "L1 as upstream computes it"), ("l2", "L2 (world units)")]
+    note = ("At the last frame: top-1 = predicted 6x6 cell is the target cell, top-5 = target among the 5 cells "
+            "nearest the prediction (fractions of videos). L1 grid = |dcol| + |drow| in cells; L1 as upstream "
+            "computes it = |dcol| + |dk|/6 (true division of the class index, quirk 11.1). L2 = world distance "
+            "of the prediction lifted to the snitch plane. Per video: samples.jsonl; L2 versus containment "
+            "duration: containment.md.")
+    results, table = write_table(out, header, [row], columns, note)
+    results.write_text(json.dumps({**json.loads(results.read_text()), "containment": curves}, indent=1) + "\n")
+    write_containment(Path(out), curves)
+    return {"row": row, "containment": curves, "table": str(table)}
+
+
 def evaluate_tracking(cfg: Any, state: Mapping[str, torch.Tensor], shards: str | Sequence[str], out: str | Path, *,
                       batch_size: int = 16, device: str | None = None, fresh: bool = False, progress: bool = True,
                       seed: int = 7, warmup_target: str = "carry-over", videos: int | None = None,
@@ -162,8 +225,6 @@ def evaluate_tracking(cfg: Any, state: Mapping[str, torch.Tensor], shards: str |
     Under torchrun or the deepspeed launcher each rank evaluates its share and rank 0 writes. Returns
     (on every rank) ``{"row": metrics, "containment": curves, "table": path of results.md}``.
     """
-    from .results import ResultLog, write_table
-
     if batch_size < 1 or (videos is not None and videos < 1):
         raise ValueError("--batch-size and --videos must be >= 1")
     if warmup_target not in WARMUP_TARGETS:
@@ -174,51 +235,26 @@ def evaluate_tracking(cfg: Any, state: Mapping[str, torch.Tensor], shards: str |
     refs = list_cater_videos(shards)[:videos]
     shard_list = [shards] if isinstance(shards, str) else list(shards)
     settings = {"kind": KIND, "checkpoint": source, "data": shard_list, "seed": seed, "warmup_target": warmup_target}
-    log = None
-    if rank == 0:
-        log = ResultLog(out, fresh=fresh)
-        log.check_settings(settings)
-    done = broadcast(sorted(log.done) if log else None, size)
-    todo = [r for r in refs if r.ordinal not in set(done)]
-    mine = rank_share(todo, rank, size)
+    log, done = _open_log(out, fresh, settings, rank, size)
+    todo = [r for r in refs if r.ordinal not in done]
     bar = None
     if progress and rank == 0:
         from tqdm import tqdm
 
         bar = tqdm(total=len(refs), initial=len(refs) - len(todo), unit="video", desc="eval cater", dynamic_ncols=True)
-    stream = iter_batches(mine, batch_size, size=frame_size(model))
-    for _ in range(batch_count(len(todo), size, batch_size)):
-        batch = next(stream, [])
-        records = video_records(model, batch, seed=seed, warmup_carryover=warmup_target == "carry-over",
-                                device=dev) if batch else []
-        for part in gather(records, size):
-            if log is not None:
-                for rec in part:
-                    log.add(rec["batch"], [rec], {"video": rec["video"]})
-            if bar is not None:
-                bar.update(len(part))
-    if bar is not None:
-        bar.close()
+    try:
+        _run_share(model, rank_share(todo, rank, size), len(todo), log, bar, size=size,
+                   batch_size=batch_size, seed=seed, warmup_carryover=warmup_target == "carry-over", device=dev)
+    finally:
+        if bar is not None:
+            bar.close()
     summary = None
     if log is not None:
         wanted = {r.ordinal for r in refs}
-        row, curves = summarise([r for r in log.samples if r["batch"] in wanted])
         header = {"title": "loci-fast eval: CATER snitch localisation", "checkpoint": source,
                   "data": " ".join(shard_list), "splits": ", ".join(sorted({r.split for r in refs})),
-                  "seed": seed, "warmup_target": warmup_target, "device": str(dev), "ranks": size,
-                  "containment": curves}
-        columns = [("videos", "videos"), ("top1", "top-1"), ("top5", "top-5"), ("l1_grid", "L1 grid (cells)"),
-                   ("l1_upstream", "L1 as upstream computes it"), ("l2", "L2 (world units)")]
-        note = ("At the last frame: top-1 = predicted 6x6 cell is the target cell, top-5 = target among the 5 cells "
-                "nearest the prediction (fractions of videos). L1 grid = |dcol| + |drow| in cells; L1 as upstream "
-                "computes it = |dcol| + |dk|/6 (true division of the class index, quirk 11.1). L2 = world distance "
-                "of the prediction lifted to the snitch plane. Per video: samples.jsonl; L2 versus containment "
-                "duration: containment.md.")
-        results, table = write_table(out, {k: v for k, v in header.items() if k != "containment"}, [row], columns,
-                                     note)
-        results.write_text(json.dumps({**json.loads(results.read_text()), "containment": curves}, indent=1) + "\n")
-        write_containment(Path(out), curves)
-        summary = {"row": row, "containment": curves, "table": str(table)}
+                  "seed": seed, "warmup_target": warmup_target, "device": str(dev), "ranks": size}
+        summary = _write_summary(out, [r for r in log.samples if r["batch"] in wanted], header)
     return broadcast(summary, size)
 
 
