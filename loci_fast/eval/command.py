@@ -12,7 +12,8 @@ import importlib
 import sys
 
 # kind -> "module:class"; a kind's evaluator builds its model, batches and per-sample records.
-EVALUATORS = {"pretrainer": "loci_fast.eval.pretraining:PretrainerEvaluator"}
+EVALUATORS = {"pretrainer": "loci_fast.eval.pretraining:PretrainerEvaluator",
+              "loci-v1": "loci_fast.eval.tracking:evaluate_command"}  # the original Loci: CATER tracking
 PRETRAINER_STAGES = ("mask", "depth", "rgb", "stage1", "stage2")
 
 
@@ -33,6 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--fresh", action="store_true", help="discard earlier results in --out instead of resuming")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # --- original Loci on CATER (kind loci-v1, loci_fast.eval.tracking) ---
+    p.add_argument("--warmup-target", default="carry-over", choices=("carry-over", "frame0"),
+                   help="CATER: warm-up steps reuse the faded target as upstream's eval does (carry-over, default) "
+                        "or re-read frame 0 (quirk 11.14)")
+    p.add_argument("--videos", type=int, default=None, help="CATER: evaluate only the first N videos (default: all)")
     p.set_defaults(func=run)
 
 
@@ -78,6 +84,10 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict:
         cfg = load_config(source)
     except ConfigError as err:
         raise ValueError(f"config: {err}") from None
+    from .tracking import handles  # the original Loci on CATER: its own evaluator, over whole videos
+
+    if handles(args.kind, cfg):
+        return evaluator_class("loci-v1")(args, cfg, weights)
     stage = args.stage or weights.stage or stage_from_config(cfg)
     kind = args.kind or kind_of(stage)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
