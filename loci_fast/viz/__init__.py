@@ -4,7 +4,7 @@
 ``grid`` (the training-time image grid), ``panels`` (colours, overlays, Gaussians, canvases),
 ``rollout`` (the Loci-s ``--save`` rollout), ``cater`` (the original Loci's rollout and views),
 ``latents`` (safetensors + JSON export), ``animate`` (GIF and MP4), ``html`` (index.html) and
-``render`` (loading weights and videos, writing a video's files). Nothing heavy is imported here:
+``rendering`` (loading weights and videos, writing a video's files). Nothing heavy is imported here:
 the trainer imports ``loci_fast.viz.grid``.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ __all__ = ["render"]
 
 def __getattr__(name: str) -> Any:
     if name == "render":
-        from .render import render
+        from .rendering import render
 
         return render
     raise AttributeError(f"module 'loci_fast.viz' has no attribute {name!r}")

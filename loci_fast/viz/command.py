@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .render import VizError, parse_videos, render
+    from .rendering import VizError, parse_videos, render
 
     try:
         videos = None if args.count is not None else parse_videos(args.videos)

@@ -64,7 +64,7 @@ def test_red_frame_pixel_is_red_in_the_views_and_the_gif(rendered):
 
 def test_latents_equal_the_models_outputs(rendered):
     from loci_fast.data.cater.load import iter_cater
-    from loci_fast.viz.render import load_viz_model
+    from loci_fast.viz.rendering import load_viz_model
 
     tensors, meta = read_latents(rendered["video"] / "latents.safetensors")
     assert meta["kind"] == "loci-v1" and meta["position_fields"] == ["row", "col", "size"]

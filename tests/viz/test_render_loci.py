@@ -70,7 +70,7 @@ def test_gif_has_one_frame_per_step_and_keeps_red(rendered):
 
 
 def test_latents_reload_on_the_cpu_and_equal_the_models_outputs(rendered):
-    from loci_fast.viz.render import _loci_inputs, load_viz_model
+    from loci_fast.viz.rendering import _loci_inputs, load_viz_model
 
     tensors, meta = read_latents(rendered["video"] / "latents.safetensors")
     assert meta["kind"] == "loci" and meta["position_fields"] == ["x", "y", "z", "std"]

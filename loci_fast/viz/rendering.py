@@ -69,7 +69,10 @@ def load_viz_model(checkpoint: str | Path, config: Any = None, mode: str | None 
         from loci_fast.model.loci_model import LociModel
 
         model, kind = LociModel.from_config(cfg), "loci"
-    missing, unexpected = model.load_state_dict(weights.state, strict=False)
+    state = weights.state
+    if kind == "loci" and not hasattr(model, "proposal"):  # a segmentation run's proposal, unused in this mode
+        state = {k: v for k, v in state.items() if not k.startswith("proposal.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         hint = ""
         if any(k.startswith("proposal.") for k in missing):
