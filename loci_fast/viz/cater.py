@@ -19,7 +19,7 @@ The composite shown is clip(Ŷ) plus the raw background where bg_error ≤ 0.1, 
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -40,9 +40,8 @@ def _rms(x: torch.Tensor) -> torch.Tensor:
     return torch.sqrt((x ** 2).mean(dim=1, keepdim=True))
 
 
-@torch.no_grad()
 def rollout_v1(model: torch.nn.Module, frames: torch.Tensor, background: torch.Tensor, *, warmup: int,
-               seed: int = 1) -> list[dict[str, Any]]:
+               seed: int = 1) -> Iterator[dict[str, Any]]:
     """Run a :class:`~loci_fast.loci_v1.LociV1` over one video.
 
     Args:
@@ -50,7 +49,7 @@ def rollout_v1(model: torch.nn.Module, frames: torch.Tensor, background: torch.T
         warmup: steps on frame 0 first (the run's ``teacher_forcing``).
         seed: seeds torch first (the model's binarising and seeding noise stays on, as upstream).
 
-    Returns per step: ``step`` (= t + warmup, the file index), ``time`` t, and on the CPU (RGB order):
+    Yields per step, one step at a time (a 301-frame video is never held in memory): ``step`` (= t + warmup, the file index), ``time`` t, and on the CPU (RGB order):
     ``input``, ``target``, ``output`` (shown composite), ``mask`` (1, O+1, h, w) predicted for the next
     frame, ``mask_shown`` (the masks over this input: the previous step's prediction, None at first),
     ``objects`` (1, O+1, 3, h, w), ``background``, ``bg_error``, ``error`` (1, 1, h, w),
@@ -58,6 +57,11 @@ def rollout_v1(model: torch.nn.Module, frames: torch.Tensor, background: torch.T
     """
     if frames.dim() != 4 or frames.shape[0] < 2:
         raise ValueError(f"frames: expected (T >= 2, 3, h, w), got {tuple(frames.shape)}")
+    return _rollout_v1(model, frames, background, warmup, seed)
+
+
+@torch.no_grad()
+def _rollout_v1(model, frames, background, warmup: int, seed: int) -> Iterator[dict[str, Any]]:
     model.eval()
     device = next(model.parameters()).device
     torch.manual_seed(seed)
@@ -65,7 +69,6 @@ def rollout_v1(model: torch.nn.Module, frames: torch.Tensor, background: torch.T
     o = model.num_objects
     init = float(model.init_status())
     state, error, mask_shown = None, None, None
-    records = []
     for t in range(-warmup, frames.shape[0] - 1):
         inp = frames[max(t, 0)][None]
         target = frames[0][None] if t < 0 else frames[t + 1][None]
@@ -81,9 +84,7 @@ def rollout_v1(model: torch.nn.Module, frames: torch.Tensor, background: torch.T
                   "position": out.position.reshape(1, o, 3), "gestalt": out.gestalt.reshape(1, o, -1),
                   "priority": out.priority.reshape(1, o), "snitch": out.snitch}
         mask_shown = out.mask
-        records.append({k: v.detach().float().cpu() if isinstance(v, torch.Tensor) else v
-                        for k, v in record.items()})
-    return records
+        yield {k: v.detach().float().cpu() if isinstance(v, torch.Tensor) else v for k, v in record.items()}
 
 
 def position_map(record: dict[str, Any], size: tuple[int, int]) -> torch.Tensor:

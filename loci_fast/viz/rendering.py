@@ -24,6 +24,8 @@ import torch
 from .html import VideoPage, write_index
 
 KINDS = ("loci", "loci-v1")
+LATENT_KEYS = ("time", "position", "gestalt", "priority", "snitch")
+ANIMATION_SIDE = 960  # animation frames are shrunk to at most this many pixels on their longer side
 
 
 class VizError(ValueError):
@@ -35,6 +37,21 @@ def _save_png(path: Path, image: np.ndarray) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image).save(path)
+
+
+def _latents_only(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: record[k] for k in LATENT_KEYS if k in record}
+
+
+def animation_frame(picture: np.ndarray) -> np.ndarray:
+    """A picture for the GIF/MP4: shrunk (Lanczos) when its longer side exceeds ``ANIMATION_SIDE``."""
+    h, w = picture.shape[:2]
+    if max(h, w) <= ANIMATION_SIDE:
+        return picture
+    from PIL import Image
+
+    f = ANIMATION_SIDE / max(h, w)
+    return np.asarray(Image.fromarray(picture).resize((max(1, round(w * f)), max(1, round(h * f))), Image.LANCZOS))
 
 
 def load_viz_model(checkpoint: str | Path, config: Any = None, mode: str | None = None,
@@ -149,11 +166,11 @@ def _write_loci_video(model, cfg, video, folder: Path, *, seed: int, scale: floa
 
     rgb, depth, use_depth = _loci_inputs(cfg, video, frames)
     tf = teacher_forcing_length(int(cfg["teacher_forcing"]), int(cfg["backprop_steps"]))
-    records = rollout_loci_s(model, rgb, depth, use_depth, teacher_forcing_steps=tf, seed=seed)
     size = tuple(max(1, round(s * scale)) for s in rgb.shape[-2:])
     latent = tuple(model.decoder.latent_size)
-    pictures, groups = [], {"grid": [], "panels": []}
-    for r in records:
+    pictures, groups, records = [], {"grid": [], "panels": []}, []
+    for r in rollout_loci_s(model, rgb, depth, use_depth, teacher_forcing_steps=tf, seed=seed):
+        records.append(_latents_only(r))
         p = step_panels(r, size, latent)
         grid = loci_grid(p, size, r["mask"].shape[1])
         name = f"step-{r['step']:03d}"
@@ -163,7 +180,7 @@ def _write_loci_video(model, cfg, video, folder: Path, *, seed: int, scale: floa
             for pname, img in panel_images(p).items():
                 _save_png(folder / "panels" / name / f"{pname}.png", img)
                 groups["panels"].append(f"panels/{name}/{pname}.png")
-        pictures.append(grid)
+        pictures.append(animation_frame(grid))
         bar.update(1)
     return pictures, groups, {"records": records, "teacher_forcing_steps": tf, "size": list(size)}
 
@@ -174,12 +191,12 @@ def _write_cater_video(model, cfg, video, folder: Path, *, seed: int, scale: flo
 
     n = int(video["num_frames"])
     t = min(n, int(frames)) if frames else n
-    records = rollout_v1(model, torch.from_numpy(video["frames"][:t]), torch.from_numpy(video["background"]),
-                         warmup=int(cfg["teacher_forcing"]), seed=seed)
     h, w = (int(v) for v in cfg["model"]["input_size"])
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    pictures, groups = [], {"objects": [], "nice": [], "panels": []}
-    for r in records:
+    pictures, groups, records = [], {"objects": [], "nice": [], "panels": []}, []
+    for r in rollout_v1(model, torch.from_numpy(video["frames"][:t]), torch.from_numpy(video["background"]),
+                        warmup=int(cfg["teacher_forcing"]), seed=seed):
+        records.append(_latents_only(r))
         p = cater_panels(r, size)
         name = f"step-{r['step']:03d}"
         objects = objects_view(r, size)
@@ -191,7 +208,7 @@ def _write_cater_video(model, cfg, video, folder: Path, *, seed: int, scale: flo
             for pname, img in panel_images(p).items():
                 _save_png(folder / "panels" / name / f"{pname}.png", img)
                 groups["panels"].append(f"panels/{name}/{pname}.png")
-        pictures.append(objects)
+        pictures.append(animation_frame(objects))
         bar.update(1)
     return pictures, groups, {"records": records, "warmup": int(cfg["teacher_forcing"]), "size": list(size)}
 
@@ -206,6 +223,17 @@ def _iter_inputs(kind: str, cfg, shards: list[str]) -> Iterator[dict[str, Any]]:
     h, w = (int(v) for v in cfg["model"]["input_size"])
     div = 4 if int(cfg["model"]["level"]) == 1 else 1
     return iter_cater(shards, size=(h // div, w // div))
+
+
+def _steps(kind: str, cfg, video: dict[str, Any], frames: int | None) -> int:
+    """How many rollout steps a video gives (for the progress bar)."""
+    if kind == "loci":
+        from loci_fast.data.views.video_chunks import teacher_forcing_length
+
+        n = min(int(video["meta"]["num_frames"]), int(frames or cfg["sequence_len"]))
+        return teacher_forcing_length(int(cfg["teacher_forcing"]), int(cfg["backprop_steps"])) + n - 1
+    n = int(video["num_frames"])
+    return int(cfg["teacher_forcing"]) + (min(n, int(frames)) if frames else n) - 1
 
 
 def _safe(key: str) -> str:
@@ -258,7 +286,8 @@ def render(checkpoint: str | Path, data: Any, out: str | Path, *, config: Any = 
                            "seed": seed, "scale": scale, "videos": []}
     if kind == "loci":
         manifest["mode"] = str(cfg["model"]["inference_mode"])
-    bar = tqdm(unit="step", desc="viz", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=sum(_steps(kind, cfg, v, frames) for _, v in chosen), unit="step", desc=f"viz {kind}",
+               disable=not progress, dynamic_ncols=True)
     for index, video in chosen:
         key = str(video["key"])
         folder = out / f"video-{index:04d}-{_safe(key)}"

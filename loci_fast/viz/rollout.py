@@ -7,7 +7,7 @@ what the pictures and the latent export need, on the CPU, for sample 0.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -21,9 +21,8 @@ def time_stamps(teacher_forcing_steps: int, frames: int) -> torch.Tensor:
     return torch.arange(-teacher_forcing_steps, frames, dtype=torch.int64)
 
 
-@torch.no_grad()
 def rollout_loci_s(model: torch.nn.Module, rgb: torch.Tensor, depth: torch.Tensor, use_depth: bool, *,
-                   teacher_forcing_steps: int, seed: int = 1) -> list[dict[str, Any]]:
+                   teacher_forcing_steps: int, seed: int = 1) -> Iterator[dict[str, Any]]:
     """Run ``model`` (a :class:`~loci_fast.model.loci_model.LociModel`) over one video.
 
     Args:
@@ -33,7 +32,7 @@ def rollout_loci_s(model: torch.nn.Module, rgb: torch.Tensor, depth: torch.Tenso
         seed: seeds torch before the rollout; the eval-mode model still draws its priority jitter,
             uncertainty noise and ObjectDiscovery samples.
 
-    Returns one record per step (T_f + S − 1 of them): ``step`` (file index), ``time`` (τ),
+    Yields one record per step (T_f + S − 1 of them), made when asked for: ``step`` (file index), ``time`` (τ),
     ``teacher_forcing``, the images of :data:`IMAGE_KEYS` and the latents ``position`` (1, O, 4),
     ``gestalt`` (1, O, G), ``priority`` (1, O) of the shown output (the prediction for τ ≥ 0, the
     reconstruction during teacher forcing).
@@ -52,11 +51,14 @@ def rollout_loci_s(model: torch.nn.Module, rgb: torch.Tensor, depth: torch.Tenso
     seq_rgb = rgb[index][None].to(device)
     seq_depth = depth[index][None].to(device)
     state = model.initial_state(1, device=device, dtype=seq_rgb.dtype)
-    out = model(seq_rgb, seq_depth, ts.to(device), torch.tensor([bool(use_depth)], device=device), state,
-                evaluate=True)
-    o = model.num_slots
-    records = []
-    for i, step in enumerate(out.steps):
+    with torch.no_grad():
+        out = model(seq_rgb, seq_depth, ts.to(device), torch.tensor([bool(use_depth)], device=device), state,
+                    evaluate=True)
+    return _records(out.steps, ts, seq_rgb, seq_depth, use_depth, model.num_slots)
+
+
+def _records(steps, ts, seq_rgb, seq_depth, use_depth: bool, o: int) -> Iterator[dict[str, Any]]:
+    for i, step in enumerate(steps):
         tau = int(ts[i])
         tf = tau < 0
         shown = step.reconstruction if tf else step.prediction
@@ -75,6 +77,4 @@ def rollout_loci_s(model: torch.nn.Module, rgb: torch.Tensor, depth: torch.Tenso
             "position": shown["position"].reshape(b, o, -1), "gestalt": shown["gestalt"].reshape(b, o, -1),
             "priority": shown["priority"].reshape(b, o),
         }
-        records.append({k: v.detach().float().cpu() if isinstance(v, torch.Tensor) else v
-                        for k, v in record.items()})
-    return records
+        yield {k: v.detach().float().cpu() if isinstance(v, torch.Tensor) else v for k, v in record.items()}
