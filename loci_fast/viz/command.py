@@ -1,5 +1,6 @@
-"""``loci-fast viz``: pictures of a model on chosen videos — per-step grids and panels, GIF and MP4 per
-video, per-slot latents (safetensors + JSON) and an index.html that links them.
+"""``loci-fast viz``: per-step grids and panels, GIF and MP4, slot latents and an index.html for chosen videos.
+
+Latents are written as safetensors + JSON; index.html links everything written.
 
     loci-fast viz --checkpoint out/loci --data 'data/val-*.tar' --videos 0,3 --out out/viz
 """

@@ -28,12 +28,20 @@ def _media(rel: str) -> str:
     return f'<a href="{q}"><img class="main" src="{q}" alt="{q}"></a>'
 
 
-def write_index(out: str | Path, title: str, pages: list[VideoPage], notes: list[str] = ()) -> Path:
-    """Write ``out/index.html`` listing every page's files; returns its path."""
+def _links(rels: list[str]) -> str:
+    return "<ul>" + "".join(f'<li><a href="{html.escape(r, quote=True)}">{html.escape(r)}</a></li>'
+                            for r in rels) + "</ul>"
+
+
+def write_index(out: str | Path, title: str, pages: list[VideoPage], notes: list[str] = (),
+                files: list[str] = ()) -> Path:
+    """Write ``out/index.html`` listing ``files`` (e.g. the manifest) and every page's files; returns its path."""
     out = Path(out)
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
     parts += [f"<p>{html.escape(n)}</p>" for n in notes]
+    if files:
+        parts.append(_links(list(files)))
     for page in pages:
         parts.append(f"<section><h2>{html.escape(page.title)}</h2>")
         parts += [f"<div>{_media(rel)}</div>" for rel in page.animations]
@@ -43,8 +51,7 @@ def write_index(out: str | Path, title: str, pages: list[VideoPage], notes: list
                              for r in rels)
             parts.append(f"<details><summary>{html.escape(group)} ({len(rels)})</summary>{thumbs}</details>")
         if page.files:
-            links = "".join(f'<li><a href="{html.escape(r, quote=True)}">{html.escape(r)}</a></li>' for r in page.files)
-            parts.append(f"<ul>{links}</ul>")
+            parts.append(_links(page.files))
         parts.append("</section>")
     parts.append("</body></html>\n")
     path = out / "index.html"

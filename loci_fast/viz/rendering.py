@@ -313,4 +313,4 @@ def render(checkpoint: str | Path, data: Any, out: str | Path, *, config: Any = 
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     title = f"loci-fast viz: {kind}" + (f" ({manifest['mode']} mode)" if kind == "loci" else "")
     notes = [f"checkpoint {checkpoint}; seed {seed}; scale {scale}; files per video in manifest.json"]
-    return write_index(out, title, pages, notes)
+    return write_index(out, title, pages, notes, files=["manifest.json"])

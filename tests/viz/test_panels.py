@@ -125,7 +125,7 @@ def test_index_page_links(tmp_path):
     from tests.viz.helpers import page_links
 
     page = VideoPage("v", ["v/a.gif", "v/a.mp4"], {"grid": ["v/g 1.png"]}, ["v/latents.json"])
-    index = write_index(tmp_path, "t <x>", [page])
+    index = write_index(tmp_path, "t <x>", [page], files=["m.json"])
     text = index.read_text()
     assert "t &lt;x&gt;" in text and "http" not in text
-    assert sorted(set(page_links(index))) == ["v/a.gif", "v/a.mp4", "v/g 1.png", "v/latents.json"]
+    assert sorted(set(page_links(index))) == ["m.json", "v/a.gif", "v/a.mp4", "v/g 1.png", "v/latents.json"]

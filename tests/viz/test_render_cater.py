@@ -90,7 +90,7 @@ def test_index_links_exist(rendered):
     out = rendered["out"]
     links = page_links(out / "index.html")
     assert all((out / link).exists() for link in links)
-    written = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} - {"index.html", "manifest.json"}
+    written = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} - {"index.html"}
     assert written == set(links)
 
 

@@ -102,7 +102,7 @@ def test_index_links_every_written_file_and_nothing_missing(rendered):
     links = page_links(out / "index.html")
     assert links and all(not link.startswith(("http:", "https:", "/")) for link in links)
     assert all((out / link).exists() for link in links)
-    written = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} - {"index.html", "manifest.json"}
+    written = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} - {"index.html"}
     assert written == set(links)
 
 
