@@ -278,7 +278,14 @@ def render(checkpoint: str | Path, data: Any, out: str | Path, *, config: Any = 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, cfg, kind = load_viz_model(checkpoint, config, mode, device)
     shards = _sorted_shards(data)
-    chosen = pick_videos(_iter_inputs(kind, cfg, shards), videos, data)
+    from loci_fast.data.errors import DataError
+
+    try:
+        chosen = pick_videos(_iter_inputs(kind, cfg, shards), videos, data)
+    except DataError as err:
+        hint = (" (an original-Loci model reads CATER shards: `loci-fast data convert-cater` or "
+                "`data synth --cater`; for other videos use a Loci-s checkpoint)") if kind == "loci-v1" else ""
+        raise VizError(f"{err}{hint}") from None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_video = _write_loci_video if kind == "loci" else _write_cater_video

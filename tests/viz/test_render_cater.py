@@ -101,3 +101,13 @@ def test_mode_is_refused_for_the_original_loci(rendered, tmp_path, capsys):
     assert main(["viz", "--checkpoint", str(rendered["weights"]), "--data", str(rendered["shards"]), "--out",
                  str(tmp_path), "--no-progress"]) == 2
     assert "pass --config" in capsys.readouterr().err
+
+
+def test_non_cater_shards_are_refused_with_the_fix(rendered, tmp_path, capsys):
+    from tests.viz.helpers import loci_shard
+
+    shard = loci_shard(tmp_path / "data", frames=2)
+    assert main(["viz", "--checkpoint", str(rendered["weights"]), "--config", str(rendered["config"]), "--data",
+                 str(shard), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "not a CATER sample" in err and "convert-cater" in err
