@@ -30,13 +30,12 @@ def grid_geometry(size: tuple[int, int], columns: int) -> dict[str, int]:
 
 
 def step_panels(record: dict[str, Any], size: tuple[int, int], latent_size: tuple[int, int]) -> dict[str, torch.Tensor]:
-    """Every panel of a step as (1, 3, h, w) RGB in [0, 1]: the six main ones at ``size`` and, per
-    slot k (the background last, ``bg``), ``slot{k}_rgb``, ``_depth``, ``_mask``, ``_position`` at the
-    model's resolution."""
+    """Every panel of a step as (1, 3, h, w) RGB in [0, 1]: the main ones at ``size`` and, per slot k
+    (the background last, ``bg``), ``slot{k}_rgb``, ``_depth``, ``_mask`` at the model's resolution and
+    ``_position`` at ``size`` (upstream renders the Gaussians at the picture size)."""
     mask = record["mask"]
     columns = mask.shape[1]
     num_slots = columns - 1
-    hw = tuple(mask.shape[-2:])
     panels = {
         "input_rgb": resize(record["input_rgb"], size),
         "input_depth": resize(as_rgb(record["input_depth"]), size),
@@ -47,7 +46,7 @@ def step_panels(record: dict[str, Any], size: tuple[int, int], latent_size: tupl
         "background_rgb": resize(record["bg_rgb"], size),
         "background_depth": resize(as_rgb(record["bg_depth"]), size),
     }
-    gauss = slot_gaussians(record["position"].reshape(1, -1), num_slots, hw, latent_size)
+    gauss = slot_gaussians(record["position"].reshape(1, -1), num_slots, tuple(size), latent_size)
     for k in range(columns):
         name = f"slot{k}" if k < num_slots else "bg"
         panels[f"{name}_rgb"] = record["slot_rgb"][:, k].clamp(0, 1)

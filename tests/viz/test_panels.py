@@ -2,6 +2,8 @@
 overlay formula, Gaussians, the grid geometry, latents schema, animations and the index page."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -129,3 +131,24 @@ def test_index_page_links(tmp_path):
     text = index.read_text()
     assert "t &lt;x&gt;" in text and "http" not in text
     assert sorted(set(page_links(index))) == ["m.json", "v/a.gif", "v/a.mp4", "v/g 1.png", "v/latents.json"]
+
+
+UPSTREAM = os.environ.get("LOCI_FAST_UPSTREAM")
+
+
+@pytest.mark.skipif(not UPSTREAM, reason="set LOCI_FAST_UPSTREAM to an upstream Loci-Segmented checkout")
+def test_position_panels_equal_upstreams_gaus2d_of_the_save_grid():
+    from tests.model.test_blocks import upstream_modules
+
+    gen = torch.Generator().manual_seed(4)
+    b, o, size, latent = 2, 3, (24, 40), (6, 10)
+    pos = torch.cat([torch.rand(b, o, 2, generator=gen) * 8 - 4, torch.rand(b, o, 1, generator=gen),
+                     torch.rand(b, o, 1, generator=gen) * 1.2], 2).reshape(b, o * 4)
+    ours = panels.slot_gaussians(pos, o, size, latent)
+    with upstream_modules(UPSTREAM) as imp:
+        gaus2d = imp("utils.utils").Gaus2D(size, position_limit=3.5)
+        # upstream's save(): the background as (0, 0, 0, 1), the std clamped to [1/min(latent), 1] first
+        p = torch.cat([pos, torch.zeros(b, 3), torch.ones(b, 1)], 1).reshape(b * (o + 1), 4)
+        p = torch.cat([p[:, :3], p[:, 3:].clamp(1 / min(latent), 1)], 1)
+        theirs = gaus2d(p).reshape(b, o + 1, *size)
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
