@@ -117,24 +117,41 @@ def parse_videos(text: str) -> list[int]:
     return sorted(set(out))
 
 
-def pick_videos(items: Iterator[dict[str, Any]], wanted: Iterable[int], data: Any) -> list[tuple[int, dict[str, Any]]]:
-    """The videos at ``wanted`` positions of ``items``; errors name how many there are."""
+def catalogue(shards: list[str]) -> list[dict[str, Any]]:
+    """Every video's meta.json, in shard order, without decoding frames (for checks and the progress bar)."""
+    from loci_fast.data.reader import iter_raw
+
+    metas = []
+    for shard in shards:
+        for key, fields in iter_raw(shard, ("meta.json",)):
+            try:
+                metas.append(json.loads(fields["meta.json"]))
+            except (KeyError, ValueError):
+                raise VizError(f"shard {shard}, sample {key!r}: no readable meta.json; rewrite the shard with "
+                               "`loci-fast data synth`, convert-hdf5 or convert-cater") from None
+    return metas
+
+
+def check_wanted(wanted: Iterable[int], count: int, data: Any) -> list[int]:
+    """``wanted`` sorted, each an index into ``count`` videos; errors name how many there are and the fix."""
     wanted = sorted(set(wanted))
-    chosen, count = [], 0
-    for index, item in enumerate(items):
-        count = index + 1
-        if index in wanted:
-            chosen.append((index, item))
-        if index >= wanted[-1]:
-            break
     if count == 0:
         raise VizError(f"--data {data}: the shards hold no videos; write some with `loci-fast data synth` "
                        "(or convert-cater for CATER)")
-    if len(chosen) < len(wanted):
-        bad = [i for i in wanted if i >= count]
+    bad = [i for i in wanted if i >= count]
+    if bad:
         raise VizError(f"--videos {','.join(map(str, bad))}: the shards hold {count} videos (indices 0-{count - 1}); "
                        "pick indices in that range or use --count")
-    return chosen
+    return wanted
+
+
+def pick_videos(items: Iterator[dict[str, Any]], wanted: list[int]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The decoded videos at ``wanted`` positions of ``items``, one at a time (decoding stops after the last)."""
+    for index, item in enumerate(items):
+        if index in wanted:
+            yield index, item
+        if index >= wanted[-1]:
+            return
 
 
 def _sorted_shards(data: Any) -> list[str]:
@@ -225,19 +242,47 @@ def _iter_inputs(kind: str, cfg, shards: list[str]) -> Iterator[dict[str, Any]]:
     return iter_cater(shards, size=(h // div, w // div))
 
 
-def _steps(kind: str, cfg, video: dict[str, Any], frames: int | None) -> int:
-    """How many rollout steps a video gives (for the progress bar)."""
+def _steps(kind: str, cfg, meta: dict[str, Any], frames: int | None) -> int:
+    """How many rollout steps a video gives (for the progress bar), from its meta.json."""
+    n = int(meta["num_frames"])
     if kind == "loci":
         from loci_fast.data.views.video_chunks import teacher_forcing_length
 
-        n = min(int(video["meta"]["num_frames"]), int(frames or cfg["sequence_len"]))
-        return teacher_forcing_length(int(cfg["teacher_forcing"]), int(cfg["backprop_steps"])) + n - 1
-    n = int(video["num_frames"])
+        return teacher_forcing_length(int(cfg["teacher_forcing"]), int(cfg["backprop_steps"])) + \
+            min(n, int(frames or cfg["sequence_len"])) - 1
     return int(cfg["teacher_forcing"]) + (min(n, int(frames)) if frames else n) - 1
 
 
 def _safe(key: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(key))[:60]
+
+
+def write_one(kind: str, model, cfg, index: int, video: dict[str, Any], out: Path, *, seed: int, scale: float,
+              frames: int | None, panels: bool, fps: float, bar) -> tuple[VideoPage, dict[str, Any]]:
+    """One video's pictures, animations and latents under ``out/video-NNNN-<key>/``; its index entry
+    and manifest record."""
+    from .animate import write_gif, write_mp4
+    from .latents import latent_tensors, write_latents
+
+    key = str(video["key"])
+    folder = out / f"video-{index:04d}-{_safe(key)}"
+    write_video = _write_loci_video if kind == "loci" else _write_cater_video
+    pictures, groups, info = write_video(model, cfg, video, folder, seed=seed, scale=scale, frames=frames,
+                                         panels=panels, bar=bar)
+    animations = [write_gif(folder / "animation.gif", pictures, fps).name]
+    mp4 = write_mp4(folder / "animation.mp4", pictures, fps)
+    if mp4 is not None:
+        animations.append(mp4.name)
+    files = [p.name for p in write_latents(folder, latent_tensors(info["records"]), kind=kind, video=key)]
+    groups = {g: ps for g, ps in groups.items() if ps}
+    rel = folder.name
+    steps = len(info["records"])
+    page = VideoPage(f"video {index}: {key} ({steps} steps)", [f"{rel}/{a}" for a in animations],
+                     {g: [f"{rel}/{p}" for p in ps] for g, ps in groups.items()}, [f"{rel}/{f}" for f in files])
+    entry = {"index": index, "key": key, "folder": rel, "steps": steps,
+             "times": [int(r["time"]) for r in info["records"]], "size": info["size"], "animations": animations,
+             "files": files, "groups": groups}
+    return page, entry
 
 
 def render(checkpoint: str | Path, data: Any, out: str | Path, *, config: Any = None,
@@ -263,8 +308,7 @@ def render(checkpoint: str | Path, data: Any, out: str | Path, *, config: Any = 
     """
     from tqdm import tqdm
 
-    from .animate import write_gif, write_mp4
-    from .latents import latent_tensors, write_latents
+    from loci_fast.data.errors import DataError
 
     if scale <= 0:
         raise VizError(f"--scale {scale}: must be > 0 (1 = the model's input size)")
@@ -278,45 +322,31 @@ def render(checkpoint: str | Path, data: Any, out: str | Path, *, config: Any = 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, cfg, kind = load_viz_model(checkpoint, config, mode, device)
     shards = _sorted_shards(data)
-    from loci_fast.data.errors import DataError
-
     try:
-        chosen = pick_videos(_iter_inputs(kind, cfg, shards), videos, data)
+        metas = catalogue(shards)
     except DataError as err:
-        hint = (" (an original-Loci model reads CATER shards: `loci-fast data convert-cater` or "
-                "`data synth --cater`; for other videos use a Loci-s checkpoint)") if kind == "loci-v1" else ""
-        raise VizError(f"{err}{hint}") from None
+        raise VizError(str(err)) from None
+    videos = check_wanted(videos, len(metas), data)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_video = _write_loci_video if kind == "loci" else _write_cater_video
     pages, manifest = [], {"kind": kind, "checkpoint": str(checkpoint), "data": [str(s) for s in shards],
                            "seed": seed, "scale": scale, "videos": []}
     if kind == "loci":
         manifest["mode"] = str(cfg["model"]["inference_mode"])
-    bar = tqdm(total=sum(_steps(kind, cfg, v, frames) for _, v in chosen), unit="step", desc=f"viz {kind}",
+    bar = tqdm(total=sum(_steps(kind, cfg, metas[i], frames) for i in videos), unit="step", desc=f"viz {kind}",
                disable=not progress, dynamic_ncols=True)
-    for index, video in chosen:
-        key = str(video["key"])
-        folder = out / f"video-{index:04d}-{_safe(key)}"
-        pictures, groups, info = write_video(model, cfg, video, folder, seed=seed, scale=scale, frames=frames,
-                                             panels=panels, bar=bar)
-        files = []
-        animations = [write_gif(folder / "animation.gif", pictures, fps).name]
-        mp4 = write_mp4(folder / "animation.mp4", pictures, fps)
-        if mp4 is not None:
-            animations.append(mp4.name)
-        for p in write_latents(folder, latent_tensors(info["records"]), kind=kind, video=key):
-            files.append(p.name)
-        rel = folder.name
-        pages.append(VideoPage(f"video {index}: {key} ({len(info['records'])} steps)",
-                               [f"{rel}/{a}" for a in animations],
-                               {g: [f"{rel}/{p}" for p in ps] for g, ps in groups.items() if ps},
-                               [f"{rel}/{f}" for f in files]))
-        manifest["videos"].append({"index": index, "key": key, "folder": rel, "steps": len(info["records"]),
-                                   "times": [int(r["time"]) for r in info["records"]], "size": info["size"],
-                                   "animations": animations, "files": files,
-                                   "groups": {g: ps for g, ps in groups.items() if ps}})
-    bar.close()
+    try:
+        for index, video in pick_videos(_iter_inputs(kind, cfg, shards), videos):
+            page, entry = write_one(kind, model, cfg, index, video, out, seed=seed, scale=scale, frames=frames,
+                                    panels=panels, fps=fps, bar=bar)
+            pages.append(page)
+            manifest["videos"].append(entry)
+    except DataError as err:
+        hint = (" (an original-Loci model reads CATER shards: `loci-fast data convert-cater` or "
+                "`data synth --cater`; for other videos use a Loci-s checkpoint)") if kind == "loci-v1" else ""
+        raise VizError(f"{err}{hint}") from None
+    finally:
+        bar.close()
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     title = f"loci-fast viz: {kind}" + (f" ({manifest['mode']} mode)" if kind == "loci" else "")
     notes = [f"checkpoint {checkpoint}; seed {seed}; scale {scale}; files per video in manifest.json"]
