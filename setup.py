@@ -25,6 +25,7 @@ setup(
         "dev": ["pytest>=8,<9", "pytest-benchmark>=5.1,<5.3", "ruff>=0.6", "playwright>=1.40"],
         "train": ["deepspeed>=0.15", "tensorboard>=2.14", "safetensors>=0.4", "matplotlib>=3.7"],
         "data": ["pybullet>=3.2", "h5py>=3.8", "imageio>=2.30"],
+        "viz": ["imageio>=2.30", "imageio-ffmpeg>=0.4", "safetensors>=0.4", "pillow>=9"],
     },
     entry_points={"console_scripts": ["loci-fast=loci_fast.cli:main"]},
 )

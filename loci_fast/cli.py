@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "loci_fast.model.command",
     "loci_fast.train.command",
     "loci_fast.eval.command",
+    "loci_fast.viz.command",
     "loci_fast.playground.command",
 )
 

@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+
+from loci_fast.viz.grid import image_grid  # noqa: F401 - re-exported: the demo and older callers import it here
 
 METRICS = "metrics.jsonl"
 
@@ -49,21 +50,6 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             pass
     return records
-
-
-def image_grid(rows: dict[str, torch.Tensor], max_items: int = 8) -> np.ndarray:
-    """A uint8 (H, W, 3) grid: one row per named (B, C, H, W) tensor in [0, 1], C in {1, 3}."""
-    tiles = []
-    for tensor in rows.values():
-        t = tensor.detach().float().cpu()[:max_items].clamp(0, 1)
-        if t.shape[1] == 1:
-            t = t.expand(-1, 3, -1, -1)
-        t = torch.nn.functional.pad(t, (1, 1, 1, 1), value=1.0)
-        tiles.append(torch.cat(list(t), dim=2))  # (3, H+2, B*(W+2))
-    width = max(t.shape[2] for t in tiles)
-    tiles = [torch.nn.functional.pad(t, (0, width - t.shape[2])) for t in tiles]
-    grid = torch.cat(tiles, dim=1)
-    return (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
 class RunLogger:

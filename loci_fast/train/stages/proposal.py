@@ -12,17 +12,12 @@ from typing import Any
 
 import torch
 
+from loci_fast.viz.grid import palette
+
 from .base import Stage, StepOutput
 
 LOGGED = ("regularizer_loss", "mask_loss", "iou")
 SHOWN = 4  # samples post-processed for the image rows (the CPU labelling is the costly part)
-
-
-def palette(n: int) -> torch.Tensor:
-    """(n, 3) distinct colours (hues evenly spread, full saturation)."""
-    hue = torch.arange(n, dtype=torch.float32) / max(n, 1)
-    k = (torch.tensor([5.0, 3.0, 1.0]) + hue[:, None] * 6) % 6
-    return 1 - torch.clamp(torch.minimum(k, 4 - k), 0, 1)
 
 
 def overlay(rgb: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
