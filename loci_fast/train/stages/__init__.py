@@ -27,6 +27,11 @@ BUILTIN: dict[str, str] = {
     "proposal": "loci_fast.train.stages.proposal:PROPOSAL",
     # The whole Loci-s model on videos, truncated BPTT (reference §14, §17.5).
     "loci": "loci_fast.train.stages.loci:LOCI",
+    # The original Loci on CATER, upstream's online loop (loci.md §3.2-3.9); one step per frame.
+    "cater1": "loci_fast.train.stages.cater:CATER1",
+    "cater2": "loci_fast.train.stages.cater:CATER2",
+    "cater3": "loci_fast.train.stages.cater:CATER3",
+    "cater4": "loci_fast.train.stages.cater:CATER4",
 }
 #: upstream's command-line spellings of stages
 ALIASES: dict[str, str] = {"pretrain-bg": "background", "pretrain_bg": "background"}
