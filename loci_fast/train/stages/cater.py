@@ -54,7 +54,11 @@ class CaterStage(Stage):
     def build_model(self, cfg) -> torch.nn.Module:
         from loci_fast.loci_v1 import LociV1
 
-        if cfg["kind"] != "loci-v1":
+        try:
+            kind = cfg["kind"]
+        except KeyError:  # Loci-s configs have no kind
+            kind = "loci-s"
+        if kind != "loci-v1":
             raise TrainError(f"stage {self.name} trains the original Loci: give an original-Loci config "
                              f"(configs/cater-stage1.json), not a Loci-s one")
         m = cfg["model"]
