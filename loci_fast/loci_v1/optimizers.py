@@ -176,3 +176,34 @@ class LociV1Optimizer(torch.optim.Optimizer):
         state_dict = dict(state_dict)
         self.num_updates = int(state_dict.pop("num_updates", 0))
         super().load_state_dict(state_dict)
+
+
+def flat_state(optimizer: LociV1Optimizer, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The per-parameter optimizer state as flat tensors named by the model's parameter names
+    (``<name>/exp_avg``, ``<name>/exp_avg_sq``, ``<name>/step``): a safetensors-friendly form, no pickles."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    out: dict[str, torch.Tensor] = {}
+    for p, state in optimizer.state.items():
+        n = names[id(p)]
+        out[f"{n}/exp_avg"] = state["exp_avg"].detach().clone()
+        out[f"{n}/exp_avg_sq"] = state["exp_avg_sq"].detach().clone()
+        out[f"{n}/step"] = torch.tensor(int(state["step"]), dtype=torch.int64)
+    return out
+
+
+def load_flat_state(optimizer: LociV1Optimizer, model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> int:
+    """Set the optimizer state from :func:`flat_state`'s form; returns how many parameters got a state.
+    Raises ValueError naming a parameter that does not exist or whose shape differs."""
+    params = dict(model.named_parameters())
+    names = sorted({k.rsplit("/", 1)[0] for k in tensors})
+    problems = [n for n in names if n not in params]
+    problems += [f"{n} (state {tuple(tensors[f'{n}/exp_avg'].shape)}, parameter {tuple(params[n].shape)})"
+                 for n in names if n in params and tuple(tensors[f"{n}/exp_avg"].shape) != tuple(params[n].shape)]
+    if problems:
+        raise ValueError("the optimizer state does not fit this model: " + ", ".join(problems[:6]))
+    for n in names:
+        p = params[n]
+        optimizer.state[p] = {"step": int(tensors[f"{n}/step"]),
+                              "exp_avg": tensors[f"{n}/exp_avg"].to(p.device, torch.float32).clone(),
+                              "exp_avg_sq": tensors[f"{n}/exp_avg_sq"].to(p.device, torch.float32).clone()}
+    return len(names)

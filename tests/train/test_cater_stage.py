@@ -133,6 +133,44 @@ def test_refusals_name_the_fix(tmp_path):
         stage.build_model(load_config(REPO / "configs" / "tiny" / "loci-s.json"))
 
 
+def test_init_from_carries_weights_and_upstream_optimizer_states(tmp_path, gen):
+    """import-upstream's two files (weights, five optimizer states by parameter name) start a stage with
+    upstream's moments and step counts when load_optimizers is true; cater k+1 takes cater k's export."""
+    from loci_fast.loci_v1.optimizers import flat_state
+    from loci_fast.train.handover import init_from
+
+    cfg = load_config(CONFIG).replace({"load_optimizers": True})
+    stage = get_stage("cater1")
+    source = stage.build_model(cfg)
+    opt = stage.build_optimizer(source, list(source.parameters()), cfg)
+    for first in (True, False, False):
+        for p in source.parameters():
+            p.grad = torch.randn(p.shape, generator=gen)
+        opt.plan(first_of_sequence=first)
+        opt.step()
+    weights = tmp_path / "net.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(weights))  # no stage: "upstream"
+    save_file(flat_state(opt, source), str(tmp_path / "net.optimizer.safetensors"))
+    model = stage.build_model(cfg)
+    init_from(model, stage, [str(weights)])
+    loaded = stage.build_optimizer(model, list(model.parameters()), cfg, init_from=[str(weights)])
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), source.state_dict().values()))
+    ours, theirs = dict(model.named_parameters()), dict(source.named_parameters())
+    assert len(loaded.state) == len(opt.state) > 0
+    for n, p in theirs.items():
+        if p in opt.state:
+            st = loaded.state[ours[n]]
+            assert st["step"] == opt.state[p]["step"] and torch.equal(st["exp_avg_sq"], opt.state[p]["exp_avg_sq"])
+    with pytest.raises(TrainError, match="optimizer.safetensors"):
+        stage.build_optimizer(model, list(model.parameters()), cfg, init_from=[str(tmp_path / "other.safetensors")])
+    # the curriculum: cater2 from a cater1 export, cater3 refuses it
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / "c1.safetensors"),
+              metadata={"stage": "cater1", "step": "3"})
+    init_from(get_stage("cater2").build_model(cfg), get_stage("cater2"), [str(tmp_path / "c1.safetensors")])
+    with pytest.raises(TrainError, match="cannot initialise stage 'cater3'"):
+        init_from(model, get_stage("cater3"), [str(tmp_path / "c1.safetensors")])
+
+
 # ----------------------------------------------------------------------------- real 2-rank runs
 STEPS = ["--max-steps", "18", "--save-every", "6", "--keep", "0", "--set", "learning_rate=0.002"]
 

@@ -75,7 +75,10 @@ class CaterStage(Stage):
         return model
 
     def build_optimizer(self, model: torch.nn.Module, params: list[torch.nn.Parameter], cfg,
-                        ds_config: dict[str, Any] | None = None) -> torch.optim.Optimizer:
+                        ds_config: dict[str, Any] | None = None,
+                        init_from: list[str] | None = None) -> torch.optim.Optimizer:
+        """Upstream's five optimizers; with ``load_optimizers`` true their states come from the
+        ``<name>.optimizer.safetensors`` beside an --init-from file (what import-upstream writes)."""
         from loci_fast.loci_v1.optimizers import LociV1Optimizer
 
         ds_config = ds_config or {}
@@ -91,7 +94,31 @@ class CaterStage(Stage):
                                         entity_pretraining_steps=int(cfg["entity_pretraining_steps"]),
                                         trainable=lambda p: id(p) in chosen)
         object.__setattr__(model, "training_schedule", opt)  # a plain attribute, not a submodule
+        if cfg["load_optimizers"] and init_from:
+            self._load_optimizer_states(opt, model, init_from)
         return opt
+
+    @staticmethod
+    def _load_optimizer_states(opt, model, init_from: list[str]) -> None:
+        import os
+
+        from safetensors.torch import load_file
+
+        from loci_fast.loci_v1.optimizers import load_flat_state
+        from loci_fast.loci_v1.upstream import optimizer_path
+
+        files = [optimizer_path(str(p)) for p in init_from if str(p).endswith(".safetensors")]
+        files = [f for f in files if os.path.isfile(f)]
+        if not files:
+            raise TrainError("load_optimizers is true but no --init-from file has optimizer states beside it "
+                             "(NAME.optimizer.safetensors next to NAME.safetensors, written by "
+                             "`loci-fast import-upstream --kind loci-v1`); convert the upstream net*.pt again "
+                             "to a .safetensors file, or set load_optimizers false (upstream's stages all do)")
+        for f in files:
+            try:
+                load_flat_state(opt, model, load_file(f))
+            except ValueError as err:
+                raise TrainError(f"{f}: {err}") from None
 
     def batches(self, cfg, shards: list[str], *, rank: int, world_size: int, seed: int, num_workers: int):
         from ..cater_stream import CaterIterations
