@@ -237,3 +237,26 @@ def test_sigkill_mid_video_then_resume_is_bitwise(shards, uninterrupted, seed, t
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert f"resumed from {out / 'checkpoints' / tag}" in resumed.stderr
     assert losses(out) == losses(uninterrupted)  # bitwise: same floats, same steps
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_bench_train_step_times_a_frame_and_a_chunk_with_both_backends(tmp_path):
+    """``bench --train-step`` on a cater config: one frame and one 8-iteration chunk per step, both kernel
+    backends from the same weights and batch (on the CPU a correctness run: the Triton rows are interpreted)."""
+    import math
+
+    from loci_fast.bench import train_step
+
+    res = train_step.run_train_step(str(CONFIG), backends=("reference", "triton"), out_dir=tmp_path, steps=1,
+                                    warmup=0, dtype="fp32")
+    rows = {(r["stage"], r["backend"]): r for r in res["rows"]}
+    assert sorted(rows) == [("cater1 (chunk, 8 it.)", "reference"), ("cater1 (chunk, 8 it.)", "triton"),
+                            ("cater1 (frame, 1 it.)", "reference"), ("cater1 (frame, 1 it.)", "triton")]
+    for (stage, _), r in rows.items():
+        assert r["frames_per_step"] == (8 if "chunk" in stage else 1) and r["samples_per_s"] > 0
+        assert math.isfinite(r["first_loss"]) and math.isfinite(r["last_loss"])
+    for mode in ("cater1 (chunk, 8 it.)", "cater1 (frame, 1 it.)"):  # the e-prop op agrees across backends
+        ref, tri = rows[(mode, "reference")], rows[(mode, "triton")]
+        assert tri["first_loss"] == pytest.approx(ref["first_loss"], rel=1e-4)
+    assert (tmp_path / res["path"].split("/")[-1]).is_file()

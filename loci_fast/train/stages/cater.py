@@ -182,6 +182,48 @@ class CaterStage(Stage):
                 "slot masks": (0.4 * rgb(batch["frame"]) + 0.6 * painted).clamp(0, 1)}
 
 
+    # ``loci-fast bench --train-step``: one frame, and one video chunk from a sequence start
+    BENCH_MODES = {"frame": 1, "chunk": 8}
+
+    def example_batch(self, cfg, device: torch.device, dtype: torch.dtype, seed: int = 0,
+                      mode: str = "frame") -> dict[str, Any]:
+        """Synthetic iterations of the config's size for ``bench --train-step``: a square moving over a smooth
+        background, ``BENCH_MODES[mode]`` iterations per bench step (the chunk starts a sequence; a frame
+        continues the state of the bench step before)."""
+        gen = torch.Generator().manual_seed(seed)
+        m = cfg["model"]
+        f = 4 ** (2 - int(m["level"]))
+        b, h, w = int(m["batch_size"]), int(m["input_size"][0]) // f, int(m["input_size"][1]) // f
+        n = self.BENCH_MODES[mode]
+        yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+        bg = (0.3 + 0.4 * (0.5 * xx + 0.5 * yy))[None, None].expand(b, 3, h, w) * torch.rand(b, 3, 1, 1, generator=gen)
+        frames = []
+        for t in range(n + 1):
+            fg = torch.zeros(1, 1, h, w)
+            dx = t * max(w // 16, 1)
+            fg[..., h // 4:h // 2, w // 4 + dx:w // 2 + dx] = 1
+            frames.append((bg * (1 - fg) + 0.9 * fg).clamp(0, 1))
+        xyz = torch.rand(b, 3, generator=gen) * 6 - 3
+        its = [{"frame": frames[t], "target": frames[t + 1], "target_xyz": xyz, "background": bg[:, :, :, :],
+                "t": t if mode == "frame" else t - 1, "reset": mode == "chunk" and t == 0} for t in range(n)]
+        its = [{k: v.to(device=device, dtype=dtype) if isinstance(v, torch.Tensor) else v for k, v in it.items()}
+               for it in its]
+        return {"iterations": its, "frames_per_step": n, "_state": {}}
+
+    def bench_step(self, model, optimizer, batch: dict[str, Any]) -> torch.Tensor:
+        """One bench step: every iteration of ``batch`` (forward, backward, the optimizers' step), the state
+        carried; returns the mean loss."""
+        state, total = batch["_state"].get("state"), 0.0
+        for it in batch["iterations"]:
+            out = self.forward(model, it, state)
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            optimizer.step()
+            state, total = self.detach_state(out.state), total + out.loss.detach()
+        batch["_state"]["state"] = state
+        return total / len(batch["iterations"])
+
+
 CATER1 = CaterStage("cater1", 1)
 CATER2 = CaterStage("cater2", 1)
 CATER3 = CaterStage("cater3", 2)
