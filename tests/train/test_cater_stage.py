@@ -260,3 +260,18 @@ def test_bench_train_step_times_a_frame_and_a_chunk_with_both_backends(tmp_path)
         ref, tri = rows[(mode, "reference")], rows[(mode, "triton")]
         assert tri["first_loss"] == pytest.approx(ref["first_loss"], rel=1e-4)
     assert (tmp_path / res["path"].split("/")[-1]).is_file()
+
+
+def test_configs_select_their_stage_and_upstreams_need_one(tmp_path):
+    import json
+
+    for k in range(1, 5):
+        cfg = load_config(REPO / "configs" / f"cater-stage{k}.json")
+        assert stage_from_config(cfg) == f"cater{k}"
+        assert get_stage(f"cater{k}").level == cfg["model"]["level"]
+    upstream = json.loads((REPO / "configs" / "cater-stage3.json").read_text())
+    for key in ("kind", "stage", "data", "seed", "deepspeed", "kernels"):
+        upstream.pop(key)
+    (tmp_path / "cater-stage3.json").write_text(json.dumps(upstream))
+    with pytest.raises(TrainError, match="--stage cater1"):
+        stage_from_config(load_config(tmp_path / "cater-stage3.json"))

@@ -73,6 +73,13 @@ def stage_from_config(cfg) -> str:
         explicit = None
     if explicit:
         return explicit
+    try:
+        kind = cfg["kind"]
+    except (KeyError, TypeError):
+        kind = None
+    if kind == "loci-v1":  # upstream's model/cater-stage*.json name no stage
+        raise TrainError("an original-Loci (CATER) config names no stage: pass --stage cater1 (or cater2, cater3, "
+                         "cater4 for upstream's stages 2-4), or use configs/cater-stage{1..4}.json")
     mode, iterations = cfg["pretraining_mode"], int(cfg["pretrainer_iterations"])
     if mode in ("mask", "depth", "rgb"):
         return mode
