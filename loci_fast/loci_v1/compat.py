@@ -27,6 +27,12 @@ V1_COMPAT_FLAGS: dict[str, tuple[bool, str]] = {
         "the previous iteration's foreground-masked target. False: every warm-up iteration uses frame 0. "
         "(Read by the cater1..cater4 training stages.)",
     ),
+    "init_first_iteration_gradient": (
+        True,
+        "§11.10: the slot seeder's Adam steps on a video's first iteration only, so it only ever uses that "
+        "iteration's gradient. False: its gradients are summed over the whole video and it steps once, on the "
+        "video's last iteration. (Read by the cater1..cater4 training stages.)",
+    ),
 }
 
 

@@ -44,11 +44,18 @@ class LociV1Optimizer(torch.optim.Optimizer):
     """Upstream's five optimizers with its per-iteration schedule.
 
     Build it with :meth:`for_model`. Before each ``step`` the caller says what the iteration was with
-    :meth:`plan` (``first_of_sequence``, ``background_only``); without a plan ``step`` raises, so a missed
-    call cannot silently step the wrong groups. ``entity_pretraining_steps`` is upstream's config key.
+    :meth:`plan` (``first_of_sequence``, ``background_only``, ``last_of_sequence``); without a plan ``step``
+    raises, so a missed call cannot silently step the wrong groups. ``entity_pretraining_steps`` is
+    upstream's config key.
+
+    ``init_whole_sequence`` (compat ``init_first_iteration_gradient`` false, §11.10) fixes upstream's
+    slot-seeder update, which only ever sees the gradient of a video's first iteration: the init group's
+    gradients are summed over all iterations of the video (kept in its state as ``grad_sum``) and Adam
+    steps once, on the video's last iteration; the first iteration then steps nothing.
     """
 
-    def __init__(self, groups: Iterable[dict], *, entity_pretraining_steps: int = 30000) -> None:
+    def __init__(self, groups: Iterable[dict], *, entity_pretraining_steps: int = 30000,
+                 init_whole_sequence: bool = False) -> None:
         groups = list(groups)
         names = [g.get("name") for g in groups]
         if sorted(names) != sorted(GROUPS):
@@ -60,12 +67,13 @@ class LociV1Optimizer(torch.optim.Optimizer):
         super().__init__(groups, {"lr": 1e-4})
         self.entity_pretraining_steps = int(entity_pretraining_steps)
         self.num_updates = 0
-        self._plan: tuple[bool, bool] | None = None
+        self.init_whole_sequence = bool(init_whole_sequence)
+        self._plan: tuple[bool, bool, bool] | None = None
         self.stepped: tuple[str, ...] = ()  # the groups the last step stepped (for logs and tests)
 
     @classmethod
     def for_model(cls, model: torch.nn.Module, *, learning_rate: float, background_learning_rate: float,
-                  entity_pretraining_steps: int = 30000,
+                  entity_pretraining_steps: int = 30000, init_whole_sequence: bool = False,
                   trainable: Callable[[torch.nn.Parameter], bool] | None = None) -> "LociV1Optimizer":
         """The five groups of a :class:`~loci_fast.loci_v1.LociV1` (upstream's learning rates)."""
         lrs = {"init": 30 * learning_rate, "background": background_learning_rate}
@@ -74,14 +82,14 @@ class LociV1Optimizer(torch.optim.Optimizer):
             params = [p for p in getattr(model, _MODULES[name]).parameters()
                       if p.requires_grad and (trainable is None or trainable(p))]
             groups.append({"name": name, "params": params, "lr": lrs.get(name, learning_rate)})
-        return cls(groups, entity_pretraining_steps=entity_pretraining_steps)
+        return cls(groups, entity_pretraining_steps=entity_pretraining_steps, init_whole_sequence=init_whole_sequence)
 
     def group(self, name: str) -> dict:
         return next(g for g in self.param_groups if g["name"] == name)
 
-    def plan(self, *, first_of_sequence: bool, background_only: bool = False) -> None:
+    def plan(self, *, first_of_sequence: bool, background_only: bool = False, last_of_sequence: bool = False) -> None:
         """What the coming iteration is; read by the next :meth:`step`."""
-        self._plan = (bool(first_of_sequence), bool(background_only))
+        self._plan = (bool(first_of_sequence), bool(background_only), bool(last_of_sequence))
 
     def background_gate_open(self) -> bool:
         """Upstream's ``get_init_status() > 0.001``, from the background group's ``alpha`` (its only 1-element
@@ -91,15 +99,18 @@ class LociV1Optimizer(torch.optim.Optimizer):
                 return math.tanh(float(p.detach().float()) / 2) > 0.001
         return False
 
-    def groups_to_step(self, first_of_sequence: bool, background_only: bool) -> tuple[str, ...]:
+    def groups_to_step(self, first_of_sequence: bool, background_only: bool,
+                       last_of_sequence: bool = False) -> tuple[str, ...]:
         """Upstream's rule for one iteration (evaluated before the step, with this iteration's counter)."""
         if background_only:
             return ("background",)
         if first_of_sequence:
-            return ("init",)
+            return () if self.init_whole_sequence else ("init",)
         names = ("encoder", "decoder", "predictor")
         if self.num_updates >= self.entity_pretraining_steps or self.background_gate_open():
             names += ("background",)
+        if self.init_whole_sequence and last_of_sequence:
+            names = ("init",) + names
         return names
 
     @torch.no_grad()
@@ -112,6 +123,8 @@ class LociV1Optimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         names = self.groups_to_step(*self._plan)
+        if self.init_whole_sequence and not self._plan[1]:
+            self._sum_init_gradients(stepping="init" in names)
         for group in self.param_groups:
             if group["name"] in names:
                 (self._adam if group["kind"] == "adam" else self._radam)(group)
@@ -119,6 +132,18 @@ class LociV1Optimizer(torch.optim.Optimizer):
         self.num_updates += 1
         self._plan = None
         return loss
+
+    def _sum_init_gradients(self, stepping: bool) -> None:
+        """Add this iteration's init gradients to ``grad_sum``; when the init group steps now, hand it the
+        sums as its gradients and start afresh."""
+        for p in self.group("init")["params"]:
+            state = self.state[p]
+            if p.grad is not None:
+                g = p.grad.detach().float()
+                state["grad_sum"] = g.clone() if "grad_sum" not in state else state["grad_sum"].add_(g)
+            if stepping:
+                total = state.pop("grad_sum", None)
+                p.grad = None if total is None else total.to(p.dtype)
 
     def _state(self, p: torch.Tensor) -> dict:
         state = self.state[p]

@@ -160,3 +160,31 @@ def test_step_without_plan_raises_and_state_round_trips(gen):
     assert [g["name"] for g in other.param_groups] == list(GROUPS)
     with pytest.raises(ValueError, match="groups"):
         LociV1Optimizer([{"name": "encoder", "params": list(model.encoder.parameters())}])
+
+
+def test_init_whole_sequence_steps_once_with_the_summed_gradient(gen):
+    """compat init_first_iteration_gradient false (§11.10): the seeder's Adam sees the whole video."""
+    model = LociV1.from_config(tiny(1))
+    opt = _opt(model, init_whole_sequence=True)
+    init = list(model.initial_states.parameters())
+    twin = [p.detach().clone().requires_grad_(True) for p in init]
+    ref = torch.optim.Adam(twin, lr=3e-2, betas=(0.9, 0.99), eps=1e-16)
+    total = [torch.zeros_like(p) for p in init]
+    before = _snapshot(model)
+    stepped = []
+    for k in range(4):
+        _fill_grads(model, gen)
+        for s, p in zip(total, init):
+            s += p.grad
+        opt.plan(first_of_sequence=k == 0, last_of_sequence=k == 3)
+        opt.step()
+        stepped.append(opt.stepped)
+        if k < 3:
+            assert all(torch.equal(p, before[n]) for n, p in model.named_parameters() if n.startswith("initial_"))
+    assert stepped[0] == () and "init" not in stepped[1] and stepped[3][0] == "init"
+    for q, s in zip(twin, total):
+        q.grad = s
+    ref.step()
+    for p, q in zip(init, twin):
+        assert torch.allclose(p, q, rtol=1e-6, atol=1e-9)
+    assert all("grad_sum" not in opt.state[p] for p in init)  # the next video starts afresh

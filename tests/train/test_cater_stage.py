@@ -275,3 +275,13 @@ def test_configs_select_their_stage_and_upstreams_need_one(tmp_path):
     (tmp_path / "cater-stage3.json").write_text(json.dumps(upstream))
     with pytest.raises(TrainError, match="--stage cater1"):
         stage_from_config(load_config(tmp_path / "cater-stage3.json"))
+
+
+def test_compat_flags_reach_the_training_loop():
+    stage = get_stage("cater1")
+    for value in (True, False):
+        cfg = load_config(CONFIG).replace({"model.compat": {"init_first_iteration_gradient": value,
+                                                            "warmup_target_carry_over": value}})
+        model = stage.build_model(cfg)
+        opt = stage.build_optimizer(model, list(model.parameters()), cfg)
+        assert opt.init_whole_sequence is (not value) and model.train_settings.carry_warmup_target is value

@@ -79,6 +79,7 @@ class CaterStage(Stage):
                         init_from: list[str] | None = None) -> torch.optim.Optimizer:
         """Upstream's five optimizers; with ``load_optimizers`` true their states come from the
         ``<name>.optimizer.safetensors`` beside an --init-from file (what import-upstream writes)."""
+        from loci_fast.loci_v1.compat import resolve_v1_compat
         from loci_fast.loci_v1.optimizers import LociV1Optimizer
 
         ds_config = ds_config or {}
@@ -92,6 +93,8 @@ class CaterStage(Stage):
         opt = LociV1Optimizer.for_model(model, learning_rate=float(cfg["learning_rate"]),
                                         background_learning_rate=float(cfg["model"]["background"]["learning_rate"]),
                                         entity_pretraining_steps=int(cfg["entity_pretraining_steps"]),
+                                        init_whole_sequence=not resolve_v1_compat(cfg["model"])[
+                                            "init_first_iteration_gradient"],
                                         trainable=lambda p: id(p) in chosen)
         object.__setattr__(model, "training_schedule", opt)  # a plain attribute, not a submodule
         if cfg["load_optimizers"] and init_from:
@@ -159,7 +162,7 @@ class CaterStage(Stage):
         state = state if state is not None and not batch["reset"] else TrainState()
         t, first = int(batch["t"]), bool(batch["reset"])
         background_only = (opt.num_updates <= settings.background_pretraining_steps and net.init_status() < 0.001)
-        opt.plan(first_of_sequence=first, background_only=background_only)
+        opt.plan(first_of_sequence=first, background_only=background_only, last_of_sequence=bool(batch["last"]))
         if background_only:
             it = background_iteration(net, batch["frame"], batch["background"], batch["target"])
         else:
@@ -205,7 +208,8 @@ class CaterStage(Stage):
             frames.append((bg * (1 - fg) + 0.9 * fg).clamp(0, 1))
         xyz = torch.rand(b, 3, generator=gen) * 6 - 3
         its = [{"frame": frames[t], "target": frames[t + 1], "target_xyz": xyz, "background": bg[:, :, :, :],
-                "t": t if mode == "frame" else t - 1, "reset": mode == "chunk" and t == 0} for t in range(n)]
+                "t": t if mode == "frame" else t - 1, "reset": mode == "chunk" and t == 0,
+                "last": mode == "chunk" and t == n - 1} for t in range(n)]
         its = [{k: v.to(device=device, dtype=dtype) if isinstance(v, torch.Tensor) else v for k, v in it.items()}
                for it in its]
         return {"iterations": its, "frames_per_step": n, "_state": {}}
