@@ -4,8 +4,10 @@
 
 Both backends run side by side in one process on the same weights and the same random batch: an
 object-shaped blob in rgb, depth and mask crops of the config's size and batch size. A step is
-forward, backward and a Ranger step; no data loading and no DeepSpeed (the GPU image has none),
-so the model is cast to the dtype and Ranger keeps its update math in fp32. Stage 2 runs with its
+forward, backward and the stage's optimizer step (Ranger; upstream's five optimizers for the cater
+stages, measured for one frame and for an 8-iteration video chunk from a sequence start); no data
+loading and no DeepSpeed (the GPU image has none), so the model is cast to the dtype and the
+optimizers keep their update math in fp32. Stage 2 runs with its
 pass schedules advanced to step 7500, where all three refinement passes are weighted in: the cost
 of most of an upstream stage-2 run (its first 2500 steps run pass 0 only).
 """
@@ -49,11 +51,13 @@ def _advance_schedules(model: torch.nn.Module, step: int) -> None:
 
 def measure(config: str | Path, backend: str, *, steps: int = 20, warmup: int = 5, dtype: str = "fp32",
             device: str | torch.device | None = None, batch_size: int | None = None,
-            input_size: int | None = None) -> dict[str, Any]:
-    """Samples/s of ``steps`` training steps of ``config``'s stage under kernel ``backend``."""
+            input_size: int | None = None, mode: str | None = None) -> dict[str, Any]:
+    """Samples/s of ``steps`` training steps of ``config``'s stage under kernel ``backend``.
+
+    ``mode``: one of the stage's ``BENCH_MODES`` (the cater stages: ``frame``, ``chunk``), whose example
+    batch holds several iterations per step; samples/s then counts sample-frames."""
     from loci_fast.config import load_config
     from loci_fast.kernels import use_backend
-    from loci_fast.train.ranger import Ranger
     from loci_fast.train.stages import get_stage, stage_from_config
 
     if dtype not in DTYPES:
@@ -68,12 +72,18 @@ def measure(config: str | Path, backend: str, *, steps: int = 20, warmup: int = 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(0)
     model = stage.build_model(cfg).to(device=dev, dtype=DTYPES[dtype])
-    optimizer = Ranger(stage.trainable_parameters(model), lr=float(cfg["learning_rate"]), weight_decay=float(cfg["weight_decay"]))
+    optimizer = stage.build_optimizer(model, stage.trainable_parameters(model), cfg)
     if stage.name == "stage2":
         _advance_schedules(model, STEADY_STAGE2_STEP)
     b = int(cfg["model"]["batch_size"])
     example = getattr(stage, "example_batch", None)  # stages with other inputs than object crops
-    batch = example(cfg, dev, DTYPES[dtype]) if example else _batch(b, tuple(cfg["model"]["input_size"]), dev, DTYPES[dtype])
+    if mode is not None:
+        batch = example(cfg, dev, DTYPES[dtype], mode=mode)
+    else:
+        batch = example(cfg, dev, DTYPES[dtype]) if example else _batch(b, tuple(cfg["model"]["input_size"]), dev,
+                                                                        DTYPES[dtype])
+    bench_step = getattr(stage, "bench_step", None)  # stages whose step is more than one forward + backward
+    frames = int(batch.get("frames_per_step", 1)) if bench_step else 1
 
     def sync() -> None:
         if dev.type == "cuda":
@@ -87,6 +97,9 @@ def measure(config: str | Path, backend: str, *, steps: int = 20, warmup: int = 
             if i == warmup:
                 sync()
                 started = time.perf_counter()
+            if bench_step:
+                losses.append(bench_step(model, optimizer, batch))
+                continue
             out = stage.forward(model, batch)
             out.loss.backward()
             optimizer.step()
@@ -97,9 +110,10 @@ def measure(config: str | Path, backend: str, *, steps: int = 20, warmup: int = 
     final = [float(x) for x in losses]
     if not all(math.isfinite(v) for v in final):
         raise RuntimeError(f"bench --train-step: non-finite loss with the {backend} kernels: {final}")
-    return {"stage": stage.name, "backend": backend, "dtype": dtype, "batch_size": b,
+    return {"stage": stage.name if mode is None else f"{stage.name} ({mode}, {frames} it.)", "backend": backend,
+            "dtype": dtype, "batch_size": b, "frames_per_step": frames,
             "input_size": list(cfg["model"]["input_size"]), "steps": steps,
-            "step_ms": 1e3 * elapsed / steps, "samples_per_s": b * steps / elapsed,
+            "step_ms": 1e3 * elapsed / steps, "samples_per_s": b * frames * steps / elapsed,
             "first_loss": final[0], "last_loss": final[-1],
             "peak_memory_gib": torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None}
 
@@ -112,17 +126,21 @@ def run_train_step(config: str | Path, *, backends=BACKENDS, out_dir: str | Path
     from .runner import _slug, device_name
 
     dev = torch.device(kwargs.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
-    rows = [measure(config, backend, **kwargs) for backend in backends]
+    from loci_fast.config import load_config
+    from loci_fast.train.stages import get_stage, stage_from_config
+
+    modes = list(getattr(get_stage(stage_from_config(load_config(config))), "BENCH_MODES", None) or [None])
+    rows = [measure(config, backend, mode=mode, **kwargs) for mode in modes for backend in backends]
     results = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                "device": device_name(dev), "torch": torch.__version__, "triton": triton.__version__,
                "config": str(config), "rows": rows,
                "note": ("CPU timings of interpreted Triton kernels mean nothing" if dev.type != "cuda" else "")}
-    by = {r["backend"]: r for r in rows}
+    by = {r["backend"]: r for r in rows if r["stage"] == rows[0]["stage"]}
     if "reference" in by and "triton" in by:
         results["speedup_triton_over_reference"] = by["triton"]["samples_per_s"] / by["reference"]["samples_per_s"]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"{results['date'][:10]}-{_slug(results['device'])}-train-{rows[0]['stage']}"
+    stem = f"{results['date'][:10]}-{_slug(results['device'])}-train-{rows[0]['stage'].split(' ')[0]}"
     (out / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / f"{stem}.md").write_text(markdown(results))
     results["path"] = str(out / f"{stem}.json")

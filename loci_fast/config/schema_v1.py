@@ -102,6 +102,9 @@ MODEL_V1 = Section({
     }, "the precalculated background", post=_refuse_true(
         "use", "true selects upstream's BackgroundEnhancer, which crashes at f5a7023 (loci.md §2.10); "
                "use false (the precalculated background)")), {}),
+    "gradient_accumulation_steps": Field(Int(min=1), 1, "ours, for the trainer: must be 1 (one optimizer step "
+                                         "per iteration, upstream's schedule)"),
+    "mixed_precision": Field(Bool(), False, "ours, for the trainer: the cater stages train in fp32"),
     "tracker": Field(Bool(), True, "CATER snitch tracker head (ours; upstream has it with a camera)"),
     "compat": Field(MapOf(Bool(), known=_v1_flag_names, what="original-Loci compat flag"), {},
                     "upstream-quirk flags, name -> on; declared in loci_fast.loci_v1.compat"),

@@ -21,6 +21,18 @@ V1_COMPAT_FLAGS: dict[str, tuple[bool, str]] = {
         "§11.1: the CATER L1 grid distance takes rows as label/6 with true division (|Δ(k mod 6)| + |Δk|/6). "
         "False: whole cells, |Δcol| + |Δrow|. (Read by evaluation through tracker.grid_metrics.)",
     ),
+    "warmup_target_carry_over": (
+        True,
+        "§11.14: training's warm-up iterations after the first score against (and build the error map from) "
+        "the previous iteration's foreground-masked target. False: every warm-up iteration uses frame 0. "
+        "(Read by the cater1..cater4 training stages.)",
+    ),
+    "init_first_iteration_gradient": (
+        True,
+        "§11.10: the slot seeder's Adam steps on a video's first iteration only, so it only ever uses that "
+        "iteration's gradient. False: its gradients are summed over the whole video and it steps once, on the "
+        "video's last iteration. (Read by the cater1..cater4 training stages.)",
+    ),
 }
 
 

@@ -85,6 +85,46 @@ def convert_state_dict(state_dict: Mapping[str, Any], *, model: nn.Module | None
     return out
 
 
+#: upstream optimizer -> the model's submodule whose parameters it holds, in ``parameters()`` order
+_OPTIMIZER_MODULES = {"optimizer_init": "initial_states", "optimizer_encoder": "encoder",
+                      "optimizer_decoder": "decoder", "optimizer_predictor": "predictor",
+                      "optimizer_background": "background"}
+
+
+def convert_optimizers(optimizers: Mapping[str, Any], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Upstream's five optimizer state dicts -> the flat form of :func:`~loci_fast.loci_v1.optimizers.flat_state`.
+
+    Upstream keys each state by the index of the parameter in its module's ``parameters()`` order; ours are
+    the same modules in the same order, and every state's shape is checked against its parameter. The
+    update counter (``num_updates``) is not stored upstream, so it is not part of the result. Raises
+    ValueError naming the optimizer and index that do not fit.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, state in optimizers.items():
+        module = _OPTIMIZER_MODULES[key]
+        named = [(f"{module}.{n}", p) for n, p in getattr(model, module).named_parameters()]
+        for index, entry in dict(state.get("state", {})).items():
+            index = int(index)
+            if index >= len(named):
+                raise ValueError(f"{key}: state for parameter {index}, but {module} has {len(named)} parameters")
+            name, p = named[index]
+            if not {"step", "exp_avg", "exp_avg_sq"} <= set(entry):
+                raise ValueError(f"{key}: parameter {index} ({name}) has state {sorted(entry)}, expected step, "
+                                 "exp_avg and exp_avg_sq (Adam/RAdam)")
+            for field in ("exp_avg", "exp_avg_sq"):
+                if tuple(entry[field].shape) != tuple(p.shape):
+                    raise ValueError(f"{key}: parameter {index} ({name}) {field} has shape "
+                                     f"{tuple(entry[field].shape)}, the parameter {tuple(p.shape)}")
+                out[f"{name}/{field}"] = entry[field].detach().float().contiguous().clone()
+            out[f"{name}/step"] = torch.tensor(int(float(entry["step"])), dtype=torch.int64)
+    return out
+
+
+def optimizer_path(weights: str) -> str:
+    """Where the converted optimizer states of a ``.safetensors`` weights file live: beside it."""
+    return weights[: -len(".safetensors")] + ".optimizer.safetensors"
+
+
 def import_loci_v1(checkpoint: str, model_cfg: Any, out: str, *, teacher_forcing: int = 10) -> int:
     """``import-upstream --kind loci-v1``: read, convert, load strictly into the model built from ``model_cfg``,
     write ``out`` (.safetensors with metadata, or a torch file). Returns the exit status."""
@@ -106,6 +146,20 @@ def import_loci_v1(checkpoint: str, model_cfg: Any, out: str, *, teacher_forcing
     else:
         torch.save(tensors, out)
     n = sum(t.numel() for t in tensors.values())
-    skipped = f"; optimizer states not converted: {', '.join(optimizers)}" if optimizers else ""
-    print(f"wrote {out}: {len(tensors)} tensors, {n:,} values (kind loci-v1){skipped}")
+    note = ""
+    if optimizers and out.endswith(".safetensors"):
+        try:
+            flat = convert_optimizers(optimizers, model)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        from safetensors.torch import save_file
+
+        save_file(flat, optimizer_path(out), metadata={"format": "loci-fast", "model": "loci-v1",
+                                                       "source": "upstream", "optimizers": ",".join(optimizers)})
+        note = (f"; {len(optimizers)} optimizer states ({len(flat) // 3} parameters) in {optimizer_path(out)} "
+                "(loaded by --init-from with --set load_optimizers=true)")
+    elif optimizers:
+        note = f"; optimizer states not converted (write a .safetensors file to keep them): {', '.join(optimizers)}"
+    print(f"wrote {out}: {len(tensors)} tensors, {n:,} values (kind loci-v1){note}")
     return 0

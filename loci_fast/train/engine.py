@@ -213,10 +213,8 @@ def build_engine(plan: Plan, model, trainable) -> tuple[Any, torch.dtype, Any]:
     cfg, ds_config = plan.cfg, plan.ds_config
     optimizer = None
     if plan.client_optimizer:
-        from .ranger import Ranger
-
-        optimizer = Ranger(trainable, lr=float(cfg["learning_rate"]),
-                           weight_decay=float(cfg["weight_decay"]))
+        init_from = [] if plan.resume_from is not None else list(plan.options.init_from)
+        optimizer = plan.stage.build_optimizer(model, trainable, cfg, ds_config, init_from=init_from)
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=trainable,
                                            optimizer=optimizer, config=ds_config)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[

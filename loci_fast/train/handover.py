@@ -50,6 +50,12 @@ MAPPINGS: dict[tuple[str, str], tuple[Rule, ...]] = {
     ("loci", "background"): (("net.", "background."),),
     # upstream's --load-proposal (segmentation mode); the stage keeps it frozen
     ("loci", "proposal"): (("position_estimator.", "proposal.position_estimator."),),
+    # The original Loci's CATER curriculum: each stage from the one before (upstream's -load), and any
+    # stage from an upstream net*.pt converted by import-upstream --kind loci-v1.
+    ("cater2", "cater1"): WHOLE,
+    ("cater3", "cater2"): WHOLE,
+    ("cater4", "cater3"): WHOLE,
+    **{(f"cater{k}", "upstream"): WHOLE for k in range(1, 5)},
 }
 
 

@@ -35,9 +35,25 @@ def upstream_file(state: dict, path, *, wrap: bool = True, old_names: bool = Fal
             first, rest = k.split(".", 1)
             k = f"{first}.module.{rest}"
         model[k] = v
-    optim = {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.zeros(2)}},
-             "param_groups": [{"lr": 1e-4, "betas": (0.9, 0.999), "eps": 1e-16, "params": [0]}]}
-    torch.save({"model": model, **{name: optim for name in OPTIMIZERS}}, path)
+    torch.save({"model": model, **optimizer_states(state)}, path)
+
+
+MODULES = dict(zip(OPTIMIZERS, ("initial_states", "encoder", "decoder", "predictor", "background")))
+
+
+def optimizer_states(state: dict) -> dict:
+    """Upstream-shaped optimizer state dicts (Adam's step a tensor, RAdam's an int) for the parameters of
+    ``state`` (a model state dict), every second parameter with a state, values from the weights."""
+    names = [n for n, _ in tiny_model().named_parameters()]
+    out = {}
+    for opt, module in MODULES.items():
+        mine = [n for n in names if n.startswith(module + ".")]
+        entries = {i: {"step": torch.tensor(float(i + 1)) if opt == "optimizer_init" else i + 1,
+                       "exp_avg": state[n] * 0.5, "exp_avg_sq": state[n] ** 2}
+                   for i, n in enumerate(mine) if i % 2 == 0}
+        out[opt] = {"state": entries, "param_groups": [{"lr": 1e-4, "betas": (0.9, 0.999), "eps": 1e-16,
+                                                        "params": list(range(len(mine)))}]}
+    return out
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
@@ -46,12 +62,24 @@ def test_import_round_trips_with_renames(tmp_path, gen, capsys, suffix):
     ckpt, out = tmp_path / "net1.2.pt", tmp_path / f"o{suffix}"
     upstream_file(state, ckpt, old_names=True)
     assert cli_main(["import-upstream", str(ckpt), "--config", CONFIG, "--kind", "loci-v1", "--out", str(out)]) == 0
-    assert "optimizer states not converted" in capsys.readouterr().out
+    printed = capsys.readouterr().out
     got = load_file(out) if suffix == ".safetensors" else torch.load(out, weights_only=True)
     assert sorted(got) == sorted(state)
     for k in state:
         assert torch.equal(got[k], state[k]), k
     tiny_model().load_state_dict(got, strict=True)
+    if suffix == ".pt":
+        assert "optimizer states not converted" in printed
+        return
+    # the five optimizer states, by parameter name, beside the weights
+    flat = load_file(tmp_path / "o.optimizer.safetensors")
+    names = [n for n, _ in tiny_model().named_parameters()]
+    expected = [n for module in MODULES.values() for i, n in enumerate(x for x in names if x.startswith(module + "."))
+                if i % 2 == 0]
+    assert sorted(k.rsplit("/", 1)[0] for k in flat if k.endswith("/step")) == sorted(expected)
+    for n in expected:
+        assert torch.equal(flat[f"{n}/exp_avg"], state[n] * 0.5) and torch.equal(flat[f"{n}/exp_avg_sq"], state[n] ** 2)
+    assert "o.optimizer.safetensors" in printed
 
 
 def test_read_gives_the_model_and_the_five_optimizers(tmp_path, gen):
@@ -112,8 +140,16 @@ def test_checkpoint_of_upstreams_own_module(tmp_path, gen, capsys):
                 "optimizer_decoder": radam(net.decoder.parameters(), lr=1e-4),
                 "optimizer_predictor": radam(net.predictor.parameters(), lr=1e-4),
                 "optimizer_background": radam(net.background.parameters(), lr=1e-4)}
+        for _ in range(2):  # real optimizer states: two steps on random gradients (one parameter without)
+            for p in net.parameters():
+                p.grad = torch.randn(p.shape, generator=gen)
+            net.background.local_bias.grad = None
+            for o in opts.values():
+                o.step()
         state = {name: o.state_dict() for name, o in opts.items()}
         state["model"] = net.state_dict()
+        by_name = {n: opts[next(k for k, m in MODULES.items() if n.startswith(m + "."))].state[p]
+                   for n, p in net.named_parameters() if n != "background.local_bias"}
         ckpt, out = tmp_path / "net0.pt", tmp_path / "o.safetensors"
         torch.save(state, ckpt)
         assert cli_main(["import-upstream", str(ckpt), "--config", CONFIG, "--kind", "loci-v1",
@@ -123,3 +159,10 @@ def test_checkpoint_of_upstreams_own_module(tmp_path, gen, capsys):
     assert set(got) == set(theirs)
     for k, v in theirs.items():
         assert torch.equal(got[k], v), k
+    # the optimizer states land on the parameters upstream's optimizers hold them for
+    flat = load_file(tmp_path / "o.optimizer.safetensors")
+    assert sorted(k.rsplit("/", 1)[0] for k in flat if k.endswith("/step")) == sorted(by_name)
+    for n, st in by_name.items():
+        assert int(flat[f"{n}/step"]) == int(float(st["step"])) == 2, n
+        assert torch.equal(flat[f"{n}/exp_avg"], st["exp_avg"]) and torch.equal(flat[f"{n}/exp_avg_sq"],
+                                                                               st["exp_avg_sq"]), n

@@ -27,6 +27,11 @@ BUILTIN: dict[str, str] = {
     "proposal": "loci_fast.train.stages.proposal:PROPOSAL",
     # The whole Loci-s model on videos, truncated BPTT (reference §14, §17.5).
     "loci": "loci_fast.train.stages.loci:LOCI",
+    # The original Loci on CATER, upstream's online loop (loci.md §3.2-3.9); one step per frame.
+    "cater1": "loci_fast.train.stages.cater:CATER1",
+    "cater2": "loci_fast.train.stages.cater:CATER2",
+    "cater3": "loci_fast.train.stages.cater:CATER3",
+    "cater4": "loci_fast.train.stages.cater:CATER4",
 }
 #: upstream's command-line spellings of stages
 ALIASES: dict[str, str] = {"pretrain-bg": "background", "pretrain_bg": "background"}
@@ -68,6 +73,13 @@ def stage_from_config(cfg) -> str:
         explicit = None
     if explicit:
         return explicit
+    try:
+        kind = cfg["kind"]
+    except (KeyError, TypeError):
+        kind = None
+    if kind == "loci-v1":  # upstream's model/cater-stage*.json name no stage
+        raise TrainError("an original-Loci (CATER) config names no stage: pass --stage cater1 (or cater2, cater3, "
+                         "cater4 for upstream's stages 2-4), or use configs/cater-stage{1..4}.json")
     mode, iterations = cfg["pretraining_mode"], int(cfg["pretrainer_iterations"])
     if mode in ("mask", "depth", "rgb"):
         return mode

@@ -61,6 +61,16 @@ class Stage:
                 param.requires_grad_(False)
         return [p for p in model.parameters() if p.requires_grad]
 
+    def build_optimizer(self, model: torch.nn.Module, params: list[torch.nn.Parameter], cfg,
+                        ds_config: dict[str, Any] | None = None,
+                        init_from: list[str] | None = None) -> torch.optim.Optimizer:
+        """The client optimiser DeepSpeed steps when its config names none (default: Ranger, upstream
+        Loci-s's optimiser for every stage). ``init_from``: the run's --init-from paths (empty on a
+        resume), for stages that can start from stored optimiser states."""
+        from ..ranger import Ranger
+
+        return Ranger(params, lr=float(cfg["learning_rate"]), weight_decay=float(cfg["weight_decay"]))
+
     def batches(self, cfg, shards: list[str], *, rank: int, world_size: int, seed: int,
                 num_workers: int) -> BatchStream:
         raise NotImplementedError
