@@ -42,6 +42,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", default="1", help="Loci-s: seeds of the model's random draws, e.g. 1-5 or 1,3 "
                                                 "(the videos stay the same) (default: %(default)s)")
     p.add_argument("--videos", type=int, default=None, help="Loci-s: only the first N videos of each --data set")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"),
+                   help="Loci-s: compute precision; float64 makes batch size and rank count leave every per-video "
+                        "number unchanged, float32 (as upstream) can move a pixel across a mask threshold "
+                        "(default: %(default)s)")
     p.add_argument("--stage", default=None, help="stage of the weights (default: stored with them, else from the config)")
     p.add_argument("--kind", default=None, choices=sorted(EVALUATORS), help="model kind (default: from the stage)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
@@ -63,9 +67,11 @@ def kind_of(stage: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from loci_fast.data.errors import DataError
+
     try:
         summary = evaluate_checkpoint(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, DataError) as err:
         print(f"loci-fast eval: {err}", file=sys.stderr)
         return 2
     if summary.get("table"):

@@ -11,7 +11,7 @@ def evaluate_loci(args: argparse.Namespace, weights, cfg, stage: str) -> dict[st
 
     given = str(args.config) if args.config else None
     result = evaluate_loaded(weights, cfg, args.data, args.out, modes=args.modes, seeds=args.seeds,
-                             batch_size=args.batch_size, videos=args.videos, device=args.device,
+                             batch_size=args.batch_size, videos=args.videos, device=args.device, dtype=args.dtype,
                              progress=not args.no_progress, fresh=args.fresh, config_source=given)
     from ..movi import cell
 

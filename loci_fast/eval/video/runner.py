@@ -44,7 +44,8 @@ class LociVideoEvaluator:
 
     kind = "loci"
 
-    def __init__(self, cfg, state: dict[str, torch.Tensor], mode: str, device: torch.device | str = "cpu"):
+    def __init__(self, cfg, state: dict[str, torch.Tensor], mode: str, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32):
         from loci_fast.model.compat import cfg_get
         from loci_fast.model.loci_model import LociModel
 
@@ -66,7 +67,8 @@ class LociVideoEvaluator:
         except RuntimeError as err:
             raise ValueError(f"the weights do not fit the config's Loci-s model ({str(err).splitlines()[0]}); "
                              "pass the --config the weights were trained with") from None
-        self.model.to(self.device).eval()
+        self.dtype = dtype
+        self.model.to(device=self.device, dtype=dtype).eval()
         self._buffers = {k: v.detach().clone() for k, v in self.model.named_buffers()}
 
     def loader(self, shards: list[str], *, batch_size: int, rank: int = 0, world_size: int = 1):
@@ -87,7 +89,8 @@ class LociVideoEvaluator:
         one record (``steps``, ``upstream``, ``standard``) per window."""
         from loci_fast.data.views.video_chunks import tbptt_chunks
 
-        window = {k: batch[k].to(self.device) for k in FIELDS}
+        window = {k: batch[k].to(self.device, dtype=self.dtype if batch[k].is_floating_point() else None)
+                  for k in FIELDS}
         masks = window["instance_masks"]
         scores = VideoScores(masks > THRESHOLD, masks > self.instance_threshold, window["fg"] > THRESHOLD)
         draws = PerVideoDraws([video_seed(seed, v) for v in videos], self.device)
