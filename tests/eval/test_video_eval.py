@@ -278,3 +278,14 @@ def test_segmentation_mode_trains_and_evaluates(shards, tmp_path):
     assert [r["mode"] for r in lines] == ["segmentation"]
     assert all(r["steps"] == 3 and r["upstream"]["num_objects"] > 0 for r in lines)
     assert "| Loci-s (seg) |" in (out / "results.md").read_text()
+
+
+def test_throughput_times_the_whole_evaluation():
+    from loci_fast.eval.video.throughput import frames_per_second, synthetic_windows
+
+    cfg = load_config(CONFIG).replace({"sequence_len": 2})
+    batch = synthetic_windows(cfg, 2)
+    assert batch["instance_masks"].shape == (2, 2, 32, 64, 64) and batch["fg"].amax() == 1
+    rows = frames_per_second(cfg, tiny_state(), batch_sizes=(1, "max"), repeats=1)
+    assert [r["batch_size"] for r in rows] == [1, 1] and all(r["device"] == "cpu" for r in rows)
+    assert all(r["frames_per_s"] > 0 for r in rows)
