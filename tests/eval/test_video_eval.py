@@ -289,3 +289,48 @@ def test_throughput_times_the_whole_evaluation():
     rows = frames_per_second(cfg, tiny_state(), batch_sizes=(1, "max"), repeats=1)
     assert [r["batch_size"] for r in rows] == [1, 1] and all(r["device"] == "cpu" for r in rows)
     assert all(r["frames_per_s"] > 0 for r in rows)
+
+
+def test_video_scores_match_upstream_loops_and_sklearn(gen):
+    """The per-video accumulation against upstream's loops (frames concatenated along the width, per-frame
+    Hungarian sums, the prediction's off-by-one) and sklearn's ARI over the video's GT-foreground pixels."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from loci_fast.eval import upstream_loops as up
+    from loci_fast.eval.video.scores import VideoScores
+
+    b, s, o, m, h, w = 2, 4, 4, 5, 12, 10
+    ids = torch.randint(0, m + 1, (b, s, 1, h, w), generator=gen)  # 0 = background
+    gt = (ids == torch.arange(1, m + 1).view(1, 1, m, 1, 1)).float()
+    gt[0, 1, 2] = 0  # an object missing from one frame
+    fg = gt.amax(2, keepdim=True)
+    rec = torch.softmax(3 * torch.randn(b, s, o + 1, h, w, generator=gen), 2)
+    pred = torch.softmax(3 * torch.randn(b, s, o + 1, h, w, generator=gen), 2)
+    scores = VideoScores(gt > 0.8, gt > 0.8, fg > 0.8)
+    steps = range(s - 1)
+    for t in steps:
+        scores.add(t, rec[:, t], pred[:, t])
+    got = scores.records()
+    on = lambda x: (x > 0.8).float()  # noqa: E731
+    iou = sum(up.miou_loops(on(rec[:, t, :-1]), gt[:, t])[0] for t in steps)
+    pred_iou = sum(up.miou_loops(on(pred[:, t, :-1]), gt[:, t])[0] for t in steps)  # upstream: frame t
+    objects = sum(up.miou_loops(on(rec[:, t, :-1]), gt[:, t])[2] for t in steps)
+    seq_fg = up.seq_ari_loops([gt[:, t] for t in steps], [on(rec[:, t, :-1]) for t in steps])
+    seq_all = up.seq_ari_loops([torch.cat([gt[:, t], 1 - fg[:, t]], 1) for t in steps], [on(rec[:, t]) for t in steps])
+    fg_iou = sum(up.fg_iou_loops(1 - rec[:, t, -1:], fg[:, t])[0] for t in steps) / len(steps)
+    oca = sum(up.oca_loops(rec[:, t, :-1], gt[:, t]) for t in steps) / len(steps)
+    for i in range(b):
+        u = got[i]["upstream"]
+        assert u["iou_sum"] == pytest.approx(float(iou[i]), abs=1e-6)
+        assert u["pred_iou_sum"] == pytest.approx(float(pred_iou[i]), abs=1e-6)
+        assert u["num_objects"] == float(objects[i])
+        assert u["seq_fg_ari"] == pytest.approx(float(seq_fg[i]), abs=1e-6)
+        assert u["seq_ari"] == pytest.approx(float(seq_all[i]), abs=1e-6)
+        assert u["fg_iou"] == pytest.approx(float(fg_iou[i]), abs=1e-6)
+        assert u["oca"] == pytest.approx(float(oca[i]), abs=1e-6)
+        seg = (gt[i, :s - 1] * torch.arange(1, m + 1).view(1, m, 1, 1)).sum(1)  # ids after the removal
+        keep = seg > 0
+        labels = rec[i, :s - 1].argmax(1)
+        assert got[i]["standard"]["fg_ari"] == pytest.approx(
+            adjusted_rand_score(seg[keep].numpy(), labels[keep].numpy()), abs=1e-6)
+        assert got[i]["steps"] == s - 1
