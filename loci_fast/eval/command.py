@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default=None,
                    help="config (needed when the weights carry none, e.g. import-upstream output)")
     p.add_argument("--data", nargs="+", required=True, metavar="SHARDS", help="held-out loci-video shards (globs)")
-    p.add_argument("--out", required=True, help="folder for samples.jsonl, batches.jsonl and results.{json,md}")
+    p.add_argument("--out", required=True, help="folder for the per-sample JSONL (samples.jsonl + batches.jsonl, or videos.jsonl for Loci-s) and "
+                        "results.{json,md}")
     p.add_argument("--batch-size", type=int, default=16,
                    help="crops (object pretraining) or videos (Loci-s) per batch (default: %(default)s)")
     p.add_argument("--batches", type=int, default=8, help="object pretraining: batches to evaluate (default: %(default)s)")
@@ -43,9 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                 "(the videos stay the same) (default: %(default)s)")
     p.add_argument("--videos", type=int, default=None, help="Loci-s: only the first N videos of each --data set")
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"),
-                   help="Loci-s: compute precision; float64 makes batch size and rank count leave every per-video "
-                        "number unchanged, float32 (as upstream) can move a pixel across a mask threshold "
-                        "(default: %(default)s)")
+                   help="Loci-s: compute precision. In float32 (as upstream) the rounding of another batch size or "
+                        "rank count can move a pixel across a mask threshold; float64 makes that vanishingly "
+                        "rare (default: %(default)s)")
     p.add_argument("--stage", default=None, help="stage of the weights (default: stored with them, else from the config)")
     p.add_argument("--kind", default=None, choices=sorted(EVALUATORS), help="model kind (default: from the stage)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
