@@ -280,6 +280,7 @@ def test_segmentation_mode_trains_and_evaluates(shards, tmp_path):
     assert "| Loci-s (seg) |" in (out / "results.md").read_text()
 
 
+@pytest.mark.slow
 def test_throughput_times_the_whole_evaluation():
     from loci_fast.eval.video.throughput import frames_per_second, synthetic_windows
 
