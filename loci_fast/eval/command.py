@@ -1,9 +1,13 @@
 """``loci-fast eval``: evaluate a checkpoint on held-out data; per-sample JSONL (resumable) and a table.
 
     loci-fast eval --checkpoint out/stage2 --data 'data/val-*.tar' --out out/eval-stage2
+    loci-fast eval --checkpoint out/loci --data 'data/val-*.tar' --modes random,regularization --seeds 1-5 \
+        --batch-size 8 --out out/eval-loci
 
-Each model kind has an evaluator (``EVALUATORS``); object-pretraining runs (mask, depth, rgb,
-stage1, stage2) report mean IoU and position error on held-out crops.
+Each model kind has an evaluator (``EVALUATORS``: kind -> ``module:function(args, weights, cfg, stage)``
+returning ``{"table": path, "summary": line}``); object-pretraining runs (mask, depth, rgb, stage1,
+stage2) report mean IoU and position error on held-out crops, Loci-s runs (stage loci) the MOVi
+table over whole videos (``loci_fast.eval.video``).
 """
 from __future__ import annotations
 
@@ -11,10 +15,12 @@ import argparse
 import importlib
 import sys
 
-# kind -> "module:class"; a kind's evaluator builds its model, batches and per-sample records.
-EVALUATORS = {"pretrainer": "loci_fast.eval.pretraining:PretrainerEvaluator",
+# kind -> "module:function"; a kind's evaluator runs the whole evaluation of its weights.
+EVALUATORS = {"pretrainer": "loci_fast.eval.command:evaluate_pretrainer",
+              "loci": "loci_fast.eval.video.command:evaluate_loci",
               "loci-v1": "loci_fast.eval.tracking:evaluate_command"}  # the original Loci: CATER tracking
 PRETRAINER_STAGES = ("mask", "depth", "rgb", "stage1", "stage2")
+STAGE_KINDS = {**{s: "pretrainer" for s in PRETRAINER_STAGES}, "loci": "loci"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,10 +31,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default=None,
                    help="config (needed when the weights carry none, e.g. import-upstream output)")
     p.add_argument("--data", nargs="+", required=True, metavar="SHARDS", help="held-out loci-video shards (globs)")
-    p.add_argument("--out", required=True, help="folder for samples.jsonl, batches.jsonl and results.{json,md}")
-    p.add_argument("--batch-size", type=int, default=16, help="crops per batch (default: %(default)s)")
-    p.add_argument("--batches", type=int, default=8, help="batches to evaluate (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=7, help="seed of the held-out crop stream (default: %(default)s)")
+    p.add_argument("--out", required=True, help="folder for the per-sample JSONL (samples.jsonl + batches.jsonl, or videos.jsonl for Loci-s) and "
+                        "results.{json,md}")
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="crops (object pretraining) or videos (Loci-s) per batch (default: %(default)s)")
+    p.add_argument("--batches", type=int, default=8, help="object pretraining: batches to evaluate (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=7,
+                   help="object pretraining: seed of the held-out crop stream (default: %(default)s)")
+    p.add_argument("--modes", default="random",
+                   help="Loci-s: inference modes, comma separated: random, regularization, segmentation "
+                        "(segmentation needs the proposal in the weights) (default: %(default)s)")
+    p.add_argument("--seeds", default="1", help="Loci-s: seeds of the model's random draws, e.g. 1-5 or 1,3 "
+                                                "(the videos stay the same) (default: %(default)s)")
+    p.add_argument("--videos", type=int, default=None,
+                   help="Loci-s: only the first N videos of each --data set; CATER: the first N videos (default: all)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"),
+                   help="Loci-s: compute precision. In float32 (as upstream) the rounding of another batch size or "
+                        "rank count can move a pixel across a mask threshold; float64 makes that vanishingly "
+                        "rare (default: %(default)s)")
     p.add_argument("--stage", default=None, help="stage of the weights (default: stored with them, else from the config)")
     p.add_argument("--kind", default=None, choices=sorted(EVALUATORS), help="model kind (default: from the stage)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
@@ -38,44 +58,41 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup-target", default="carry-over", choices=("carry-over", "frame0"),
                    help="CATER: warm-up steps reuse the faded target as upstream's eval does (carry-over, default) "
                         "or re-read frame 0 (quirk 11.14)")
-    p.add_argument("--videos", type=int, default=None, help="CATER: evaluate only the first N videos (default: all)")
     p.set_defaults(func=run)
 
 
-def evaluator_class(kind: str):
+def evaluator(kind: str):
+    """The evaluation function of a model kind."""
     module, name = EVALUATORS[kind].split(":")
     return getattr(importlib.import_module(module), name)
 
 
 def kind_of(stage: str) -> str:
-    if stage in PRETRAINER_STAGES:
-        return "pretrainer"
-    raise ValueError(f"no evaluator for stage {stage!r} yet; `loci-fast eval` evaluates {', '.join(PRETRAINER_STAGES)}")
+    if stage in STAGE_KINDS:
+        return STAGE_KINDS[stage]
+    raise ValueError(f"no evaluator for stage {stage!r} yet; `loci-fast eval` evaluates {', '.join(STAGE_KINDS)}")
 
 
 def run(args: argparse.Namespace) -> int:
+    from loci_fast.data.errors import DataError
+
     try:
         summary = evaluate_checkpoint(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, DataError) as err:
         print(f"loci-fast eval: {err}", file=sys.stderr)
         return 2
-    print(f"wrote {summary['table']}: " + ", ".join(f"{k} {v:.4f}" for k, v in summary["row"].items()
-                                                    if isinstance(v, float)))
+    if summary.get("table"):
+        print(f"wrote {summary['table']}: {summary['summary']}")
     return 0
 
 
 def evaluate_checkpoint(args: argparse.Namespace) -> dict:
-    import torch
-
+    """Load the weights and their config, then run the evaluator of their model kind."""
     from loci_fast.config import ConfigError, load_config
     from loci_fast.train.stages import stage_from_config
 
-    from .pretraining import summarise
-    from .results import ResultLog, write_table
     from .weights import load_weights
 
-    if args.batch_size < 1 or args.batches < 1:
-        raise ValueError("--batch-size and --batches must be >= 1")
     weights = load_weights(args.checkpoint)
     source = args.config or weights.config
     if source is None:
@@ -87,11 +104,23 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict:
     from .tracking import handles  # the original Loci on CATER: its own evaluator, over whole videos
 
     if handles(args.kind, cfg):
-        return evaluator_class("loci-v1")(args, cfg, weights)
+        return evaluator("loci-v1")(args, weights, cfg, None)
     stage = args.stage or weights.stage or stage_from_config(cfg)
     kind = args.kind or kind_of(stage)
+    return evaluator(kind)(args, weights, cfg, stage)
+
+
+def evaluate_pretrainer(args: argparse.Namespace, weights, cfg, stage: str) -> dict:
+    """Object-pretraining weights on held-out crops: per-crop JSONL (resumable by batch) and the table."""
+    import torch
+
+    from .pretraining import PretrainerEvaluator, summarise
+    from .results import ResultLog, write_table
+
+    if args.batch_size < 1 or args.batches < 1:
+        raise ValueError("--batch-size and --batches must be >= 1")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    evaluator = evaluator_class(kind)(cfg, weights.state, stage, device)
+    evaluator = PretrainerEvaluator(cfg, weights.state, stage, device)
     log = ResultLog(args.out, fresh=args.fresh)
     settings = {"checkpoint": weights.source, "data": list(args.data), "stage": stage, "batch_size": args.batch_size,
                 "seed": args.seed}
@@ -126,4 +155,5 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict:
             "encoder's (x, y) against the mask centroid, in pixels of the crop. On-object share: crops with "
             "IoU >= 0.25. Losses: the model's terms, batch means. Per crop: samples.jsonl.")
     table, _ = write_table(args.out, header, [row], columns, note)
-    return {"row": row, "table": str(table), "log": log}
+    summary = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float))
+    return {"row": row, "table": str(table), "log": log, "summary": summary}

@@ -258,9 +258,13 @@ def evaluate_tracking(cfg: Any, state: Mapping[str, torch.Tensor], shards: str |
     return broadcast(summary, size)
 
 
-def evaluate_command(args: Any, cfg: Any, weights: Any) -> dict[str, Any]:
-    """``loci-fast eval`` for kind loci-v1 (called by eval/command.py)."""
-    return evaluate_tracking(cfg, weights.state, args.data, args.out, batch_size=args.batch_size, device=args.device,
+def evaluate_command(args: Any, weights: Any, cfg: Any, stage: str | None = None) -> dict[str, Any]:
+    """``loci-fast eval`` for kind loci-v1 (called by eval/command.py): the summary line on rank 0 only."""
+    out = evaluate_tracking(cfg, weights.state, args.data, args.out, batch_size=args.batch_size, device=args.device,
                              fresh=args.fresh, progress=not args.no_progress, seed=args.seed,
                              warmup_target=getattr(args, "warmup_target", "carry-over"),
                              videos=getattr(args, "videos", None), source=weights.source)
+    if world()[0] != 0:
+        return {}
+    line = ", ".join(f"{k} {v:.4f}" for k, v in out["row"].items() if isinstance(v, float))
+    return {**out, "summary": line}
