@@ -26,6 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="model dtype for --train-step (default: %(default)s)")
     t.add_argument("--steps", type=int, default=20, help="timed steps per backend (default: %(default)s)")
     t.add_argument("--warmup", type=int, default=5, help="untimed steps before them (default: %(default)s)")
+    t.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: torch's choice; 1 on a CPU shared with other jobs)")
+    t.add_argument("--keep-freed-memory", action="store_true",
+                   help="on a CPU: keep freed memory in the process (glibc mallopt: no mmap for large blocks), "
+                        "which spares the page faults of every new large tensor; see loci_fast/bench/cpu_malloc.py")
     t.add_argument("--bo", default=None, metavar="N,N,...",
                    help="loci stage: sweep the slot batch B·O = batch x model.num_slots, e.g. 16,32,64,128 "
                         "(instead of --batch-size)")
@@ -114,9 +119,20 @@ def _train_step(args: argparse.Namespace) -> int:
                 batch_for_bo(load_config(args.train_step), size)
         except ValueError as err:
             raise SystemExit(f"loci-fast bench: {err}") from None
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit("loci-fast bench: --threads must be >= 1")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    malloc = "default"
+    if args.keep_freed_memory:
+        from .cpu_malloc import keep_freed_memory
+
+        malloc = "keep freed memory (mmap off)" if keep_freed_memory() else "default (mallopt unavailable)"
     results = run_train_step(args.train_step, backends=args.backends, out_dir=args.out, steps=args.steps,
                              warmup=args.warmup, dtype=args.dtype, batch_size=args.batch_size,
-                             input_size=args.input_size, bo=bo)
+                             input_size=args.input_size, bo=bo, malloc=malloc)
     print(f"wrote {results['path']}")
     return 0 if all("error" not in r for r in results["rows"]) else 1
 

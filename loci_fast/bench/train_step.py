@@ -161,7 +161,7 @@ def _measure_or_oom(config: str | Path, backend: str, **kwargs: Any) -> dict[str
 
 
 def run_train_step(config: str | Path, *, backends=BACKENDS, out_dir: str | Path = "bench/results",
-                   bo: list[int] | None = None, log=print, **kwargs: Any) -> dict[str, Any]:
+                   bo: list[int] | None = None, log=print, malloc: str = "default", **kwargs: Any) -> dict[str, Any]:
     """Measure every backend (at every slot batch of ``bo``, side by side), write
     ``<date>-<device>-train-<stage>[-bo<first>-<last>].{json,md}``; return the results."""
     import triton
@@ -178,7 +178,7 @@ def run_train_step(config: str | Path, *, backends=BACKENDS, out_dir: str | Path
             batch_for_bo(load_config(config), size)
     results = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                "device": device_name(dev), "torch": torch.__version__, "triton": triton.__version__,
-               "config": str(config), "rows": [],
+               "config": str(config), "rows": [], "malloc": malloc, "threads": torch.get_num_threads(),
                "note": ("CPU timings of interpreted Triton kernels mean nothing" if dev.type != "cuda" else "")}
     stage = stage_from_config(load_config(config))
     sweep = f"-bo{sizes[0]}-{sizes[-1]}" if bo else ""
@@ -231,7 +231,8 @@ def row_line(row: dict[str, Any]) -> str:
 
 def markdown(results: dict[str, Any]) -> str:
     lines = [f"# Training step: {results['config']}", "", f"- device: {results['device']}",
-             f"- date: {results['date']}", f"- torch {results['torch']}, triton {results['triton']}"]
+             f"- date: {results['date']}", f"- torch {results['torch']}, triton {results['triton']}",
+             f"- torch threads: {results.get('threads', '-')}, allocator: {results.get('malloc', 'default')}"]
     if results["note"]:
         lines.append(f"- {results['note']}")
     lines += ["", "| stage | backend | dtype | batch | size | B·O | step (ms) | samples/s | CPU s/step "
