@@ -10,8 +10,11 @@ Steps, in order of value, each with a time cap inside the total budget (default 
    the driver's register and spill counts beside ptxas's, which the CPU-side gate only estimates.
 2. ``gpu-tests``: ``pytest -m gpu`` over the test files holding gpu-marked tests (junit XML).
 3. ``train-step``: ``loci-fast bench --train-step`` for stage 2, B = 32, 256x256, bf16, both backends.
-4. ``bench-quick``: the kernel benchmark suite (eager, torch.compile, ours) at one shape per op.
-5. ``bench-<op>``: the full suite, one run per op, with what the budget leaves: a run cut short
+4. ``train-step-loci``: the same for the whole Loci-s model (``configs/loci-s.json``, 256x256, fp32 as
+   upstream trains it), one TBPTT chunk a step, at slot batches B·O = 16, 32, 64, 128 (B = 1 to 8),
+   both backends side by side; every finished row is written at once, so a cut run keeps its rows.
+5. ``bench-quick``: the kernel benchmark suite (eager, torch.compile, ours) at one shape per op.
+6. ``bench-<op>``: the full suite, one run per op, with what the budget leaves: a run cut short
    still leaves the finished ops' results.
 
 Every results file goes under one folder, ``bench/results/gpu-check-<date>-<device>/`` by default,
@@ -39,6 +42,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CARRY = ROOT / "build" / "gpu-carry"
 STAGE2 = "configs/pretrain-encoder-decoder-stage2.json"
+LOCI = "configs/loci-s.json"
+LOCI_BO = "16,32,64,128"  # B·O = batch x 16 slots
 # The gpu test that repeats the train-step step (and writes outside the check's folder).
 DUPLICATE_TESTS = ["tests/bench/test_train_step.py::test_upstream_stage2_bf16_both_backends"]
 ABSENT_ON_GPU_IMAGE = ("deepspeed", "webdataset")
@@ -66,11 +71,14 @@ def steps(out: Path, arch: int) -> list[dict]:
              "--backends", "reference", "triton", "--steps", "10", "--out", str(out)]
     tests = [py, "-m", "pytest", "-m", "gpu", "-q", "-o", "addopts=", "-p", "no:cacheprovider",
              f"--junitxml={out / 'gpu-tests.xml'}"] + [f"--deselect={t}" for t in DUPLICATE_TESTS] + gpu_test_files()
+    loci = ["bench", "--train-step", LOCI, "--dtype", "fp32", "--bo", LOCI_BO, "--backends", "reference", "triton",
+            "--steps", "2", "--warmup", "1", "--out", str(out)]
     quick = ["bench", "--quick", "--out", str(out)]
     out_steps = [
         {"name": "compile-gate", "argv": cli + gate, "cli": gate, "cap": 75},
         {"name": "gpu-tests", "argv": tests, "cap": 150},
         {"name": "train-step", "argv": cli + train, "cli": train, "cap": 90},
+        {"name": "train-step-loci", "argv": cli + loci, "cli": loci, "cap": 120},
         {"name": "bench-quick", "argv": cli + quick, "cli": quick, "cap": 100},
     ]
     for op in ops():  # the full suite with what the budget leaves, one op (and results file) at a time
@@ -180,8 +188,10 @@ from loci_fast.train.stages import get_stage, stage_from_config
 from loci_fast.train.ranger import Ranger  # noqa: F401
 cases = load_cases(OPS, False, torch.device("cuda"))
 stage = get_stage(stage_from_config(load_config({stage2!r})))
-print(f"imports ok with triton {{triton.__version__}}: {{len(cases)}} GPU bench cases, stage {{stage.name}}; "
-      + backend_summary())
+import loci_fast.model.loci_model  # noqa: F401  the loci sweep's model
+loci = get_stage(stage_from_config(load_config({loci!r})))
+print(f"imports ok with triton {{triton.__version__}}: {{len(cases)}} GPU bench cases, stages {{stage.name}}, "
+      f"{{loci.name}}; " + backend_summary())
 '''
 
 
@@ -214,7 +224,7 @@ def dry_run() -> int:
     for extra in tritons:
         env = _env([str(blocker)] + extra)
         label = "triton 3.6.0" if extra else "the pinned triton"
-        proc = subprocess.run([sys.executable, "-c", _IMPORTS.format(stage2=STAGE2)], env=env, cwd=ROOT,
+        proc = subprocess.run([sys.executable, "-c", _IMPORTS.format(stage2=STAGE2, loci=LOCI)], env=env, cwd=ROOT,
                               capture_output=True, text=True)
         print(f"  imports with {label}, no {'/'.join(ABSENT_ON_GPU_IMAGE)}: "
               + (proc.stdout.strip() if proc.returncode == 0 else "FAILED"))

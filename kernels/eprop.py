@@ -73,6 +73,15 @@ TRACE_NAMES = ("e_gx", "e_gh", "e_bg", "e_rx", "e_rh", "e_br")
 
 # ---------------------------------------------------------------- reference
 
+def _decay_add_(trace: torch.Tensor, decay: torch.Tensor, term: torch.Tensor) -> None:
+    """``trace <- trace * decay + term`` in place, rounding as the out-of-place expression does (no
+    fused multiply-add), with one trace-sized temporary (``term``) instead of three."""
+    if trace.dtype in dispatch.HALF_DTYPES:
+        trace.copy_(trace.float().mul_(decay).add_(term))
+    else:
+        trace.mul_(decay).add_(term)
+
+
 class _EpropReferenceFunction(torch.autograd.Function):
     """§9.1 in plain PyTorch: the traces cloned after the update, as upstream (fp32 compute for fp16/bf16)."""
 
@@ -87,12 +96,12 @@ class _EpropReferenceFunction(torch.autograd.Function):
         dg, dr, delta = (1 - g * g) * open_, 1 - r * r, r - hc
         decay = (1 - g).unsqueeze(2)
         e_gx, e_gh, e_bg, e_rx, e_rh, e_br = traces
-        e_gx.copy_(up(e_gx) * decay + (dg * delta).unsqueeze(2) * xc.unsqueeze(1))
-        e_gh.copy_(up(e_gh) * decay + (dg * delta).unsqueeze(2) * hc.unsqueeze(1))
-        e_bg.copy_(up(e_bg) * (1 - g) + dg * delta)
-        e_rx.copy_(up(e_rx) * decay + (dr * g).unsqueeze(2) * xc.unsqueeze(1))
-        e_rh.copy_(up(e_rh) * decay + (dr * g).unsqueeze(2) * hc.unsqueeze(1))
-        e_br.copy_(up(e_br) * (1 - g) + dr * g)
+        _decay_add_(e_gx, decay, (dg * delta).unsqueeze(2) * xc.unsqueeze(1))
+        _decay_add_(e_gh, decay, (dg * delta).unsqueeze(2) * hc.unsqueeze(1))
+        _decay_add_(e_bg, 1 - g, dg * delta)
+        _decay_add_(e_rx, decay, (dr * g).unsqueeze(2) * xc.unsqueeze(1))
+        _decay_add_(e_rh, decay, (dr * g).unsqueeze(2) * hc.unsqueeze(1))
+        _decay_add_(e_br, 1 - g, dr * g)
         ctx.reg = reg
         ctx.save_for_backward(x, h_last, w_gx, w_gh, w_rx, w_rh, g, r, *(t.clone() for t in traces))
         openings = open_.mean().to(x.dtype)

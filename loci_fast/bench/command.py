@@ -25,6 +25,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="bf16",
                    help="model dtype for --train-step (default: %(default)s)")
     t.add_argument("--steps", type=int, default=20, help="timed steps per backend (default: %(default)s)")
+    t.add_argument("--warmup", type=int, default=5, help="untimed steps before them (default: %(default)s)")
+    t.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: torch's choice; 1 on a CPU shared with other jobs)")
+    t.add_argument("--keep-freed-memory", action="store_true",
+                   help="on a CPU: keep freed memory in the process (glibc mallopt: no mmap for large blocks), "
+                        "which spares the page faults of every new large tensor; see loci_fast/bench/cpu_malloc.py")
+    t.add_argument("--bo", default=None, metavar="N,N,...",
+                   help="loci stage: sweep the slot batch B·O = batch x model.num_slots, e.g. 16,32,64,128 "
+                        "(instead of --batch-size)")
     t.add_argument("--batch-size", type=int, default=None, help="override the config's batch size")
     t.add_argument("--input-size", type=int, default=None, help="override the config's input size (square)")
     t.add_argument("--backends", nargs="+", choices=("reference", "triton"), default=["reference", "triton"],
@@ -92,17 +101,40 @@ def _compile_gate(args: argparse.Namespace) -> int:
 
 
 def _train_step(args: argparse.Namespace) -> int:
-    from .train_step import run_train_step
+    from .train_step import batch_for_bo, parse_bo, run_train_step
 
     if args.steps < 1:
         raise SystemExit("loci-fast bench: --steps must be >= 1")
+    if args.warmup < 0:
+        raise SystemExit("loci-fast bench: --warmup must be >= 0")
+    if args.bo and args.batch_size:
+        raise SystemExit("loci-fast bench: give --bo (batch x slots) or --batch-size, not both")
+    bo = None
+    if args.bo:
+        from loci_fast.config import load_config
+
+        try:
+            bo = parse_bo(args.bo)
+            for size in bo:
+                batch_for_bo(load_config(args.train_step), size)
+        except ValueError as err:
+            raise SystemExit(f"loci-fast bench: {err}") from None
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit("loci-fast bench: --threads must be >= 1")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    malloc = "default"
+    if args.keep_freed_memory:
+        from .cpu_malloc import keep_freed_memory
+
+        malloc = "keep freed memory (mmap off)" if keep_freed_memory() else "default (mallopt unavailable)"
     results = run_train_step(args.train_step, backends=args.backends, out_dir=args.out, steps=args.steps,
-                             dtype=args.dtype, batch_size=args.batch_size, input_size=args.input_size)
-    for row in results["rows"]:
-        print(f"{row['stage']} {row['backend']:9s} {row['dtype']}: {row['step_ms']:.1f} ms/step, "
-              f"{row['samples_per_s']:.1f} samples/s")
+                             warmup=args.warmup, dtype=args.dtype, batch_size=args.batch_size,
+                             input_size=args.input_size, bo=bo, malloc=malloc)
     print(f"wrote {results['path']}")
-    return 0
+    return 0 if all("error" not in r for r in results["rows"]) else 1
 
 
 def _traffic(args: argparse.Namespace) -> int:

@@ -40,6 +40,13 @@ COMPAT_FLAGS: dict[str, tuple[bool, str]] = {
         "its GateL0RD cell (3 layers: 9 attention calls per step). False: iteration i runs attention "
         "layer i only (3 calls). (Read by LatentPredictor.)",
     ),
+    "rgb_loss_batch_scaled": (
+        True,
+        "§24.7: the Loci-s RGB loss's all-ones mask is shaped (B, 1, 1, H, W) and broadcasts against the "
+        "(B, 1, H, W) maps, so every RGB term (reconstruction and prediction, loss, L1 and SSIM parts) is "
+        "B times the image mean; the same for B = 1. False: the plain image mean for every batch size. "
+        "(Read by LociModel.)",
+    ),
 }
 
 

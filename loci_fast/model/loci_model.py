@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from .compat import cfg_get
+from .compat import cfg_get, resolve_compat
 from .decoder import LociDecoder
 from .encoder import LociEncoder
 from .loci import Loci, StepOutput
@@ -51,7 +51,7 @@ class LociModel(Loci):
 
     def __init__(self, *args, proposal: nn.Module | None = None, teacher_forcing: int = 10,
                  sequence_len: int = 24, weights: dict[str, float] | None = None, rgb_loss: str = "YCbCrL2SSIMLoss",
-                 **kwargs) -> None:
+                 batch_scaled_rgb: bool = True, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if self.inference_mode == "segmentation" and proposal is None:
             raise ValueError("inference_mode 'segmentation' needs the position proposal (model.position_proposal)")
@@ -64,6 +64,7 @@ class LociModel(Loci):
             raise ValueError("model.object_regularizer > 0 (upstream's MaskModulatedObjectLoss) is not "
                              "implemented; every shipped config sets it to 0")
         self.rgb_loss, self.depth_loss = L.rgb_loss_function(rgb_loss), MaskedL1SSIMLoss()
+        self.batch_scaled_rgb = bool(batch_scaled_rgb)  # compat flag rgb_loss_batch_scaled (§24.7)
         self.freeze()
 
     @classmethod
@@ -87,7 +88,8 @@ class LociModel(Loci):
                    input_depth=bool(cfg_get(m, "input_depth", False)), inference_mode=mode, proposal=proposal,
                    teacher_forcing=int(cfg_get(cfg, "teacher_forcing", 10)),
                    sequence_len=int(cfg_get(cfg, "sequence_len", 24)), weights=weights,
-                   rgb_loss=str(cfg_get(m, "rgb_loss", "YCbCrL2SSIMLoss")))
+                   rgb_loss=str(cfg_get(m, "rgb_loss", "YCbCrL2SSIMLoss")),
+                   batch_scaled_rgb=resolve_compat(m)["rgb_loss_batch_scaled"])
 
     def freeze(self) -> None:
         """requires_grad off for the background (and the proposal), as upstream."""
@@ -151,13 +153,14 @@ class LociModel(Loci):
                     out.prediction["mask"][:, :-1], out.last["rgb"][:, :-3], out.last["position"],
                     out.prediction["rgb"][:, :-3], out.prediction["position"], extra, o, self.teacher_forcing) / n
             rec = L.image_terms(self.rgb_loss, self.depth_loss, out.reconstruction["output_rgb"],
-                                out.reconstruction["output_depth"], rgb[:, t], depth[:, t], depth_mask[:, t])
+                                out.reconstruction["output_depth"], rgb[:, t], depth[:, t], depth_mask[:, t],
+                                batch_scaled_rgb=self.batch_scaled_rgb)
             for k, v in rec.items():
                 terms[f"reconstruction_{k}"] = terms[f"reconstruction_{k}"] + v / n
             if tau >= 0:
                 pred = L.image_terms(self.rgb_loss, self.depth_loss, out.prediction["output_rgb"],
                                      out.prediction["output_depth"], rgb[:, t + 1], depth[:, t + 1],
-                                     depth_mask[:, t + 1])
+                                     depth_mask[:, t + 1], batch_scaled_rgb=self.batch_scaled_rgb)
                 for k, v in pred.items():
                     terms[f"prediction_{k}"] = terms[f"prediction_{k}"] + v / n
         loss = L.total_loss(terms, **self.weights)

@@ -24,8 +24,8 @@ def test_every_step_is_a_valid_command(tmp_path):
     gc = _gpu_check()
     steps = gc.steps(tmp_path, 90)
     names = [s["name"] for s in steps]
-    assert names[:4] == ["compile-gate", "gpu-tests", "train-step", "bench-quick"]
-    assert names[4:] == [f"bench-{op}" for op in gc.ops()]
+    assert names[:5] == ["compile-gate", "gpu-tests", "train-step", "train-step-loci", "bench-quick"]
+    assert names[5:] == [f"bench-{op}" for op in gc.ops()]
     parser = build_parser()
     for step in steps:
         if "cli" in step:
@@ -33,6 +33,9 @@ def test_every_step_is_a_valid_command(tmp_path):
             assert args.out == str(tmp_path)  # every results file lands in the one folder
     train = parser.parse_args(steps[2]["cli"])
     assert (train.batch_size, train.input_size, train.dtype, train.backends) == (32, 256, "bf16", ["reference", "triton"])
+    loci = parser.parse_args(steps[3]["cli"])
+    assert (loci.train_step, loci.bo, loci.dtype, loci.backends) == ("configs/loci-s.json", "16,32,64,128", "fp32",
+                                                                     ["reference", "triton"])
     files = gc.gpu_test_files()
     assert "tests/kernels/test_hyperconv.py" in files and all((ROOT / f).is_file() for f in files)
     assert all(f"--deselect={t}" in steps[1]["argv"] for t in gc.DUPLICATE_TESTS)

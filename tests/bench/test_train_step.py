@@ -15,6 +15,15 @@ from loci_fast.cli import main
 TINY_STAGE2 = "configs/tiny/pretrain-encoder-decoder-stage2.json"
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a loaded 2-core machine two spinning threads made these steps 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_stage2_steps_run_every_pass_and_train(tmp_path):
     res = train_step.run_train_step(TINY_STAGE2, backends=("reference",), out_dir=tmp_path, steps=10,
                                     warmup=1, dtype="fp32")
