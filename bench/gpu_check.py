@@ -13,8 +13,10 @@ Steps, in order of value, each with a time cap inside the total budget (default 
 4. ``train-step-loci``: the same for the whole Loci-s model (``configs/loci-s.json``, 256x256, fp32 as
    upstream trains it), one TBPTT chunk a step, at slot batches B·O = 16, 32, 64, 128 (B = 1 to 8),
    both backends side by side; every finished row is written at once, so a cut run keeps its rows.
-5. ``bench-quick``: the kernel benchmark suite (eager, torch.compile, ours) at one shape per op.
-6. ``bench-<op>``: the full suite, one run per op, with what the budget leaves: a run cut short
+5. ``eval-loci``: ``loci-fast bench --eval-model configs/loci-s.json``: end-to-end Loci-s evaluation
+   (model and metrics) in frames/s at batch 1 and at the largest batch that fits.
+6. ``bench-quick``: the kernel benchmark suite (eager, torch.compile, ours) at one shape per op.
+7. ``bench-<op>``: the full suite, one run per op, with what the budget leaves: a run cut short
    still leaves the finished ops' results.
 
 Every results file goes under one folder, ``bench/results/gpu-check-<date>-<device>/`` by default,
@@ -73,12 +75,14 @@ def steps(out: Path, arch: int) -> list[dict]:
              f"--junitxml={out / 'gpu-tests.xml'}"] + [f"--deselect={t}" for t in DUPLICATE_TESTS] + gpu_test_files()
     loci = ["bench", "--train-step", LOCI, "--dtype", "fp32", "--bo", LOCI_BO, "--backends", "reference", "triton",
             "--steps", "2", "--warmup", "1", "--out", str(out)]
+    evaluate = ["bench", "--eval-model", LOCI, "--eval-batches", "1,max", "--out", str(out)]
     quick = ["bench", "--quick", "--out", str(out)]
     out_steps = [
         {"name": "compile-gate", "argv": cli + gate, "cli": gate, "cap": 75},
         {"name": "gpu-tests", "argv": tests, "cap": 150},
         {"name": "train-step", "argv": cli + train, "cli": train, "cap": 90},
         {"name": "train-step-loci", "argv": cli + loci, "cli": loci, "cap": 120},
+        {"name": "eval-loci", "argv": cli + evaluate, "cli": evaluate, "cap": 90},
         {"name": "bench-quick", "argv": cli + quick, "cli": quick, "cap": 100},
     ]
     for op in ops():  # the full suite with what the budget leaves, one op (and results file) at a time
@@ -189,6 +193,7 @@ from loci_fast.train.ranger import Ranger  # noqa: F401
 cases = load_cases(OPS, False, torch.device("cuda"))
 stage = get_stage(stage_from_config(load_config({stage2!r})))
 import loci_fast.model.loci_model  # noqa: F401  the loci sweep's model
+import loci_fast.bench.eval_model, loci_fast.eval.video.throughput  # noqa: F401,E401  the eval-loci step
 loci = get_stage(stage_from_config(load_config({loci!r})))
 print(f"imports ok with triton {{triton.__version__}}: {{len(cases)}} GPU bench cases, stages {{stage.name}}, "
       f"{{loci.name}}; " + backend_summary())

@@ -18,6 +18,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-workers", type=int, default=1, help="DataLoader workers for --data (default: 1)")
     p.add_argument("--eval", action="store_true",
                    help="time the evaluation metrics against upstream-style loops at MOVi shapes (instead of the op suite)")
+    p.add_argument("--eval-model", metavar="CONFIG", default=None,
+                   help="time end-to-end Loci-s evaluation (model and metrics) of this config in frames/s "
+                        "(instead of the op suite), e.g. configs/loci-s.json")
+    p.add_argument("--eval-batches", default="1,max",
+                   help="--eval-model batch sizes; max = the largest power of two that fits on the GPU "
+                        "(default: %(default)s)")
     t = p.add_argument_group("training step (instead of the op suite)")
     t.add_argument("--train-step", metavar="CONFIG", default=None,
                    help="time training steps of this config's stage with each kernel backend, e.g. "
@@ -73,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
         os.environ.setdefault("TRITON_INTERPRET", "1")
     if args.train_step:
         return _train_step(args)
+    if args.eval_model:
+        return _eval_model(args)
     if args.eval:
         from .eval_metrics import run_eval_bench
 
@@ -88,6 +96,19 @@ def run(args: argparse.Namespace) -> int:
         bad = {op: st for op, st in results["op_status"].items() if st != "ok"}
         print("not ok: " + ", ".join(f"{op} {st}" for op, st in bad.items()) + " (see the results file)")
         return 1
+    return 0
+
+
+def _eval_model(args: argparse.Namespace) -> int:
+    from .eval_model import parse_batches, run_eval_model_bench
+
+    try:
+        batches = parse_batches(args.eval_batches)
+    except ValueError as err:
+        raise SystemExit(f"loci-fast bench: {err}") from None
+    res = run_eval_model_bench(args.eval_model, batches=batches, out_dir=args.out)
+    print(f"wrote {res['path']}: " + ", ".join(f"batch {r['batch_size']}: {r['frames_per_s']:.2f} frames/s"
+                                                for r in res["rows"]))
     return 0
 
 

@@ -24,8 +24,8 @@ def test_every_step_is_a_valid_command(tmp_path):
     gc = _gpu_check()
     steps = gc.steps(tmp_path, 90)
     names = [s["name"] for s in steps]
-    assert names[:5] == ["compile-gate", "gpu-tests", "train-step", "train-step-loci", "bench-quick"]
-    assert names[5:] == [f"bench-{op}" for op in gc.ops()]
+    assert names[:6] == ["compile-gate", "gpu-tests", "train-step", "train-step-loci", "eval-loci", "bench-quick"]
+    assert names[6:] == [f"bench-{op}" for op in gc.ops()]
     parser = build_parser()
     for step in steps:
         if "cli" in step:
