@@ -106,31 +106,50 @@ def fg_ari_per_frame(video: VideoFrames) -> float:
     return float(scores[present.any(-1)].mean())
 
 
-def evaluate_loci(stage: DemoStage, out: Path, val: str, videos: int = 4, batch_size: int = 4) -> None:
-    """The loci stage's final weights on ``videos`` held-out videos: the reconstruction's rgb MSE,
-    the per-frame FG-ARI of its slots, and a PNG grid of frames, reconstructions and slot masks for
-    the first :data:`GRID_VIDEOS` videos (``<out>/report/loci-video-<i>.png``)."""
-    from PIL import Image
-
-    from loci_fast.config import load_config
+def held_out(model: torch.nn.Module, cfg: Any, val: str, videos: int, batch_size: int = 4) -> VideoFrames:
+    """``model`` in evaluation mode on the first ``videos`` videos of ``val``, in the training schedule of
+    chunks; the random slot initialisation seeded, so the report is reproducible."""
     from loci_fast.data.loaders import video_chunks
-    from loci_fast.eval.weights import load_weights
-    from loci_fast.model.loci_model import LociModel
-    from loci_fast.train.logs import image_grid
 
-    weights = load_weights(out / stage.name)
-    cfg = load_config(weights.config)
-    model = LociModel.from_config(cfg)
-    model.load_state_dict(weights.state)
-    model.eval()
     m = cfg["model"]
     chunks = video_chunks(val, batch_size=batch_size, sequence_len=int(cfg["sequence_len"]),
                           size=tuple(int(s) for s in m["input_size"]), seed=7, rank=0, world_size=1,
                           training=False, with_masks=False, backprop_steps=int(cfg["backprop_steps"]),
                           teacher_forcing=int(cfg["teacher_forcing"]))
-    torch.manual_seed(0)  # the random slot initialisation: a reproducible report
-    result = run_videos(model, chunks, videos)
-    stage.eval = {"rgb_mse": float((result.reconstruction - result.rgb).square().mean()), "fg_ari": fg_ari_per_frame(result),
+    torch.manual_seed(0)
+    return run_videos(model.eval(), chunks, videos)
+
+
+def scores(video: VideoFrames) -> dict[str, float]:
+    """The reconstruction's rgb MSE and the slots' per-frame FG-ARI."""
+    return {"rgb_mse": float((video.reconstruction - video.rgb).square().mean()), "fg_ari": fg_ari_per_frame(video)}
+
+
+def evaluate_loci(stage: DemoStage, out: Path, val: str, videos: int = 4) -> None:
+    """The loci stage on ``videos`` held-out videos: the reconstruction's rgb MSE and the slots' per-frame
+    FG-ARI, of its final weights and, for comparison, of the model as handed over (``stage.init_from``
+    loaded, the rest at its seeded initial values, untrained); and a PNG grid of frames, reconstructions
+    and slot masks of the final weights for the first :data:`GRID_VIDEOS` videos
+    (``<out>/report/loci-video-<i>.png``). The video evaluation table and the animation go here."""
+    from PIL import Image
+
+    from loci_fast.config import load_config
+    from loci_fast.eval.weights import load_weights
+    from loci_fast.model.loci_model import LociModel
+    from loci_fast.train.handover import init_from
+    from loci_fast.train.logs import image_grid
+    from loci_fast.train.stages import get_stage
+
+    weights = load_weights(out / stage.name)
+    cfg = load_config(weights.config)
+    torch.manual_seed(int(cfg["seed"]))
+    initial = LociModel.from_config(cfg)
+    init_from(initial, get_stage("loci"), [str(out / name) for name in stage.init_from])
+    before = scores(held_out(initial, cfg, val, videos))
+    model = LociModel.from_config(cfg)
+    model.load_state_dict(weights.state)
+    result = held_out(model, cfg, val, videos)
+    stage.eval = {**scores(result), **{f"initial_{k}": v for k, v in before.items()},
                   "videos": int(result.rgb.shape[0]), "frames": int(result.rgb.shape[1])}
     for i in range(min(GRID_VIDEOS, result.rgb.shape[0])):
         rows = frame_rows(result, i)

@@ -16,7 +16,8 @@ def test_report_lists_every_stage_with_its_losses_and_plots(tmp_path):
         stage.seconds, stage.step_seconds = 12.0, demo.step_time(run)
         stage.eval = {"loss": 0.25, "mask_loss": 0.125, "mean_iou": 0.5}
         if stage.kind == "loci":
-            stage.eval = {"rgb_mse": 0.0123, "fg_ari": 0.25, "videos": 4}
+            stage.eval = {"rgb_mse": 0.0123, "fg_ari": 0.25, "initial_rgb_mse": 0.0456, "initial_fg_ari": 0.0625,
+                          "videos": 4}
             stage.rows = ["frame", "reconstruction", "slot masks"]
             for v in range(2):
                 (tmp_path / "report" / f"loci-video-{v}.png").write_bytes(b"png")
@@ -30,10 +31,16 @@ def test_report_lists_every_stage_with_its_losses_and_plots(tmp_path):
             row = next(line for line in text.splitlines() if line.startswith(f"| {stage.name} |"))
             first = sum((i + 1) / s for s in range(1, 11)) / 10
             last = sum((i + 1) / s for s in range(11, 21)) / 10
-            assert row == f"| loci | 20 | 12 | 0.50 | {first:.4f} -> {last:.4f} | 0.0123 | 0.250 |"
+            assert row == f"| loci | 20 | 12 | 0.50 | {first:.4f} -> {last:.4f} | 0.0456 -> 0.0123 | 0.062 -> 0.250 |"
             line = next(line for line in text.splitlines() if line.startswith("* loci: "))
-            assert "rgb MSE is 0.0123" in line and "FG-ARI of its slot masks 0.25" in line
-            assert "separate the objects only in part" in line
+            assert "rgb MSE is 0.0123 (as handed over, untrained: 0.0456)" in line
+            assert "FG-ARI of its slot masks 0.25 (untrained: 0.06; 0 = chance)" in line
+            assert line.endswith("separate the objects only in part.")
+            stage.eval.update(fg_ari=0.03125)
+            line = next(line for line in demo.write_report(stages, tmp_path, "x", 600.0).read_text().splitlines()
+                        if line.startswith("* loci: "))
+            assert line.endswith("do not yet separate the objects (not learnt in this budget); the short "
+                                 "training does not improve the slot masks over the handed-over model.")
             assert "![loci-video-0](report/loci-video-0.png)" in text and "report/loci-video-1.png" in text
             assert "rows: frame, reconstruction, slot masks" in text
             continue
