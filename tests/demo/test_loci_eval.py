@@ -116,3 +116,66 @@ def test_grid_of_a_real_model_on_real_videos(shards, tmp_path):
     path = tmp_path / "grid.png"
     Image.fromarray(image_grid(rows)).save(path)
     assert Image.open(path).size == (3 * 66, len(rows) * 66)
+
+
+def _run_folder(path, model, stage, raw=None):
+    """A run folder as the trainer leaves it (one complete checkpoint) holding ``model``'s weights."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from loci_fast.train import checkpoint as ckpt
+
+    tag = path / ckpt.CHECKPOINT_DIR / ckpt.tag_for(5)
+    tag.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tag / ckpt.WEIGHTS),
+              metadata={"format": "loci-fast"})
+    (tag / ckpt.CLIENT).write_text(json.dumps({"config": raw, "stage": stage, "step": 5}))
+    (tag / ckpt.COMPLETE).write_text("ok\n")
+
+
+@pytest.mark.slow  # about 45 s of CPU: five tiny models built, three of them run over two videos
+def test_evaluate_loci_against_the_handed_over_model(shards, tmp_path, gen):
+    import json
+
+    from loci_fast.demo import DemoStage, evaluate_loci
+    from loci_fast.model.background import BackgroundPretrainer
+    from loci_fast.model.pretrainer import LociPretrainer
+    from loci_fast.train.handover import init_from
+    from loci_fast.train.stages import get_stage
+
+    raw = json.loads(TINY.read_text())
+    cfg = load_config(TINY)
+    objects, background = LociPretrainer(cfg["model"]), BackgroundPretrainer.from_config(cfg["model"])
+    for module in (objects, background):  # weights unlike a fresh model's
+        with torch.no_grad():
+            for p in module.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    _run_folder(tmp_path / "stage2", objects, "stage2")
+    _run_folder(tmp_path / "background", background, "background")
+    torch.manual_seed(int(cfg["seed"]))  # the handed-over model exactly as evaluate_loci builds it
+    model = LociModel.from_config(cfg)
+    init_from(model, get_stage("loci"), [str(tmp_path / "stage2"), str(tmp_path / "background")])
+    _run_folder(tmp_path / "loci", model, "loci", raw)
+    (tmp_path / "report").mkdir()
+    stage = DemoStage("loci", "loci-s.json", 5, ("stage2", "background"), kind="loci")
+    evaluate_loci(stage, tmp_path, shards, videos=2)
+    assert stage.eval["videos"] == 2 and stage.eval["frames"] == 3
+    # unchanged weights: the trained and the handed-over numbers are the same numbers
+    assert stage.eval["rgb_mse"] == stage.eval["initial_rgb_mse"] > 0
+    assert stage.eval["fg_ari"] == stage.eval["initial_fg_ari"]
+    slots = int(cfg["model"]["num_slots"])
+    for v in range(2):
+        assert Image.open(tmp_path / "report" / f"loci-video-{v}.png").size == (3 * 66, (slots + 4) * 66)
+    # other weights than handed over: other numbers
+    with torch.no_grad():
+        for p in model.predictor.parameters():
+            p.add_(0.5 * torch.randn(p.shape, generator=gen))
+        for p in model.encoder.parameters():
+            p.add_(0.5 * torch.randn(p.shape, generator=gen))
+    import shutil
+
+    shutil.rmtree(tmp_path / "loci")
+    _run_folder(tmp_path / "loci", model, "loci", raw)
+    evaluate_loci(stage, tmp_path, shards, videos=2)
+    assert stage.eval["rgb_mse"] != stage.eval["initial_rgb_mse"]
