@@ -42,7 +42,7 @@ STAGES = (
     DemoStage("stage1", "pretrain-encoder-decoder-stage1.json", 1200, ("mask", "depth", "rgb")),
     DemoStage("stage2", "pretrain-encoder-decoder-stage2.json", 450, ("stage1",)),
     DemoStage("background", "pretrain-background.json", 200, kind="background"),
-    DemoStage("loci", "loci-s.json", 120, ("stage2", "background"), kind="loci"),
+    DemoStage("loci", "loci-s.json", 100, ("stage2", "background"), kind="loci"),
 )
 # The object stages: one large object per video. Stage 1's encoder sees no mask, only a pixel-sized
 # Gaussian dot at a random pixel of the object (upstream's initial position, std -1 -> min_std), and
