@@ -134,7 +134,6 @@ def _run_folder(path, model, stage, raw=None):
     (tag / ckpt.COMPLETE).write_text("ok\n")
 
 
-@pytest.mark.slow  # about 45 s of CPU: five tiny models built, three of them run over two videos
 def test_evaluate_loci_against_the_handed_over_model(shards, tmp_path, gen):
     import json
 
