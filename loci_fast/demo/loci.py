@@ -4,7 +4,8 @@
 the training schedule of chunks (teacher forcing on frame 0, then K frames at a time, the slot state
 carried between chunks), keeps each frame's reconstruction, and writes one PNG grid per video: the
 frame, the composited reconstruction, the slot masks painted over the frame, and each slot's mask.
-It is where the video evaluation table and the animation are to be added.
+Then :func:`evaluation_table` runs ``loci-fast eval``'s video evaluation (the MOVi-style table) and
+:func:`animation` ``loci-fast viz`` on one held-out video (its GIF goes into the report).
 """
 from __future__ import annotations
 
@@ -130,7 +131,7 @@ def evaluate_loci(stage: DemoStage, out: Path, val: str, videos: int = 4) -> Non
     FG-ARI, of its final weights and, for comparison, of the model as handed over (``stage.init_from``
     loaded, the rest at its seeded initial values, untrained); and a PNG grid of frames, reconstructions
     and slot masks of the final weights for the first :data:`GRID_VIDEOS` videos
-    (``<out>/report/loci-video-<i>.png``). The video evaluation table and the animation go here."""
+    (``<out>/report/loci-video-<i>.png``); then the evaluation table and one animation."""
     from PIL import Image
 
     from loci_fast.config import load_config
@@ -155,3 +156,33 @@ def evaluate_loci(stage: DemoStage, out: Path, val: str, videos: int = 4) -> Non
         rows = frame_rows(result, i)
         stage.rows = list(rows)
         Image.fromarray(image_grid(rows, max_items=MAX_FRAMES)).save(out / "report" / f"loci-video-{i}.png")
+    evaluation_table(stage, out, val, videos)
+    animation(stage, out, val)
+
+
+#: the demo's evaluation table: two modes, two seeds of the model's draws (upstream's table uses 1-5)
+TABLE_MODES, TABLE_SEEDS = ("random", "regularization"), (1, 2)
+
+
+def evaluation_table(stage: DemoStage, out: Path, val: str, videos: int) -> Path:
+    """``loci-fast eval`` on the first ``videos`` held-out videos (``<out>/eval-<stage>/results.md``)."""
+    from loci_fast.eval.video import evaluate_videos
+
+    res = evaluate_videos(out / stage.name, [val], out / f"eval-{stage.name}", modes=TABLE_MODES, seeds=TABLE_SEEDS,
+                          batch_size=videos, videos=videos, progress=False, fresh=True)
+    stage.eval["table"] = str(Path(res["table"]).relative_to(out))
+    return Path(res["table"])
+
+
+def animation(stage: DemoStage, out: Path, val: str) -> Path:
+    """``loci-fast viz`` on held-out video 0; its GIF copied to ``<out>/report/<stage>-animation.gif``."""
+    import shutil
+
+    from loci_fast.viz import render
+
+    index = render(out / stage.name, val, out / f"viz-{stage.name}", videos=(0,), mode="random", seed=1,
+                   progress=False)
+    gif = next(index.parent.glob("video-*/animation.gif"))
+    shutil.copyfile(gif, out / "report" / f"{stage.name}-animation.gif")
+    stage.eval["viz"] = str(index.relative_to(out))
+    return index

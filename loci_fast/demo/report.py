@@ -128,7 +128,26 @@ def _loci_section(s: DemoStage, out: Path) -> list[str]:
              "(slot masks: each pixel painted in its slots' colours, weighted by their masks):", ""]
     for grid in grids:
         lines += [f"![{grid.stem}](report/{grid.name})", ""]
+    lines += _loci_table(s, out)
+    gif = out / "report" / f"{s.name}-animation.gif"
+    if gif.exists():
+        lines += [f"Held-out video 0 as `loci-fast viz` draws it (every step: input, output, slot masks, per-slot "
+                  f"panels; all files: [{s.eval.get('viz', 'viz')}]({s.eval.get('viz', '')})):", "",
+                  f"![animation](report/{gif.name})", ""]
     return lines
+
+
+def _loci_table(s: DemoStage, out: Path) -> list[str]:
+    """The tables of ``loci-fast eval`` on the held-out videos, without their title and settings lines."""
+    table = out / s.eval["table"] if s.eval.get("table") else None
+    if table is None or not table.exists():
+        return []
+    body = [line for line in table.read_text().splitlines() if not line.startswith(("# ", "- "))]
+    while body and not body[0].strip():
+        body.pop(0)
+    return [f"`loci-fast eval` on the held-out videos ([{s.eval['table']}]({s.eval['table']})): upstream's "
+            "MOVi table (IoU and ARI x100, mean ± std over the model's seeds) and the standard metrics:", "",
+            *[line.replace("## ", "### ") for line in body], ""]
 
 
 def write_report(stages: list[DemoStage], out: Path, device: str, total: float) -> Path:

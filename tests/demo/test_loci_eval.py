@@ -134,8 +134,11 @@ def _run_folder(path, model, stage, raw=None):
     (tag / ckpt.COMPLETE).write_text("ok\n")
 
 
+@pytest.mark.slow
 def test_evaluate_loci_against_the_handed_over_model(shards, tmp_path, gen):
     import json
+
+    from loci_fast.demo.report import _loci_section
 
     from loci_fast.demo import DemoStage, evaluate_loci
     from loci_fast.model.background import BackgroundPretrainer
@@ -166,6 +169,13 @@ def test_evaluate_loci_against_the_handed_over_model(shards, tmp_path, gen):
     slots = int(cfg["model"]["num_slots"])
     for v in range(2):
         assert Image.open(tmp_path / "report" / f"loci-video-{v}.png").size == (3 * 66, (slots + 4) * 66)
+    # the eval table of loci-fast eval and the viz animation are in the report's section
+    assert (tmp_path / stage.eval["table"]).exists() and (tmp_path / stage.eval["viz"]).exists()
+    gif = Image.open(tmp_path / "report" / "loci-animation.gif")
+    assert gif.n_frames > 1
+    section = "\n".join(_loci_section(stage, tmp_path))
+    assert "Upstream metrics" in section and "Loci-s (rnd)" in section and "Loci-s (reg)" in section
+    assert "report/loci-animation.gif" in section
     # other weights than handed over: other numbers
     with torch.no_grad():
         for p in model.predictor.parameters():
