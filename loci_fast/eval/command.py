@@ -88,19 +88,11 @@ def run(args: argparse.Namespace) -> int:
 
 def evaluate_checkpoint(args: argparse.Namespace) -> dict:
     """Load the weights and their config, then run the evaluator of their model kind."""
-    from loci_fast.config import ConfigError, load_config
     from loci_fast.train.stages import stage_from_config
 
-    from .weights import load_weights
+    from .weights import load_weights_and_config
 
-    weights = load_weights(args.checkpoint)
-    source = args.config or weights.config
-    if source is None:
-        raise ValueError(f"{weights.source} carries no config: pass --config (the config it was trained with)")
-    try:
-        cfg = load_config(source)
-    except ConfigError as err:
-        raise ValueError(f"config: {err}") from None
+    weights, cfg = load_weights_and_config(args.checkpoint, args.config)
     from .tracking import handles  # the original Loci on CATER: its own evaluator, over whole videos
 
     if handles(args.kind, cfg):

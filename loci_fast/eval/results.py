@@ -10,6 +10,21 @@ SAMPLES = "samples.jsonl"
 BATCHES = "batches.jsonl"  # one line per finished batch: the marker a resumed run trusts
 
 
+def check_settings(out: Path, settings: dict[str, Any], *, resuming: bool, write: bool = True) -> None:
+    """When ``resuming`` records in ``out``, refuse other settings than those stored beside them (naming
+    them and the fix); then store ``settings`` (``write``) for the next resume."""
+    path = out / SETTINGS
+    if resuming and path.exists():
+        old = json.loads(path.read_text())
+        changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        if changed:
+            raise ValueError(f"{out} holds results computed with other {', '.join(changed)} "
+                             f"({', '.join(f'{k}={old.get(k)!r}' for k in changed)}): pass --fresh to "
+                             "start over, or another --out")
+    if write:
+        path.write_text(json.dumps(settings, indent=1) + "\n")
+
+
 class ResultLog:
     """Per-sample and per-batch records under ``out``; a batch counts as done once its batch line
     is written, so samples of a batch interrupted mid-write are dropped on resume."""
@@ -45,15 +60,7 @@ class ResultLog:
 
     def check_settings(self, settings: dict[str, Any]) -> None:
         """Refuse to resume records computed with other settings; store them for the next resume."""
-        path = self.out / SETTINGS
-        if self.batches and path.exists():
-            old = json.loads(path.read_text())
-            changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-            if changed:
-                raise ValueError(f"{self.out} holds results computed with other {', '.join(changed)} "
-                                 f"({', '.join(f'{k}={old.get(k)!r}' for k in changed)}): pass --fresh to "
-                                 "start over, or another --out")
-        path.write_text(json.dumps(settings, indent=1) + "\n")
+        check_settings(self.out, settings, resuming=bool(self.batches))
 
     @property
     def done(self) -> set[int]:

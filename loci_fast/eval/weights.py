@@ -19,6 +19,27 @@ class LoadedWeights:
     source: str
 
 
+def load_weights_and_config(path: str | Path, config: Any = None,
+                            overrides: dict[str, Any] | None = None) -> tuple[LoadedWeights, Any]:
+    """:func:`load_weights` and the config to build their model with: ``config`` (a path, a dict or a
+    loaded config) when given, else the one stored with the weights; ``overrides`` as ``load_config``'s.
+
+    Raises ValueError naming the fix when there is no config or it does not validate.
+    """
+    from loci_fast.config import ConfigError, load_config
+
+    weights = load_weights(path)
+    source = config if config is not None else weights.config
+    if source is None:
+        raise ValueError(f"{weights.source} carries no config: pass --config (the config it was trained with)")
+    if not isinstance(source, (str, Path, dict)) and not overrides:  # already a loaded config
+        return weights, source
+    try:
+        return weights, load_config(source, overrides) if overrides else load_config(source)
+    except ConfigError as err:
+        raise ValueError(f"config: {err}") from None
+
+
 def load_weights(path: str | Path) -> LoadedWeights:
     """Weights of our run folder or checkpoint folder, an ``export`` .safetensors file, or the
     output of ``import-upstream`` (.safetensors, or a torch state dict read with weights_only=True).

@@ -37,22 +37,14 @@ def build_server(args: argparse.Namespace):
     """Load the weights, config, background and latent of ``args``; the (unstarted) server."""
     import torch
 
-    from loci_fast.config import ConfigError, load_config
-    from loci_fast.eval.weights import load_weights
+    from loci_fast.eval.weights import load_weights_and_config
 
     from .images import load_background
     from .latent import read_latent
     from .server import PlaygroundServer
     from .slots import build_slot
 
-    weights = load_weights(args.checkpoint)
-    source = args.config or weights.config
-    if source is None:
-        raise ValueError(f"{weights.source} carries no config: pass --config (the config it was trained with)")
-    try:
-        cfg = load_config(source)
-    except ConfigError as err:
-        raise ValueError(f"config: {err}") from None
+    weights, cfg = load_weights_and_config(args.checkpoint, args.config)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     slot = build_slot(cfg, weights.state, device, weights.source)
     if args.background:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -98,3 +99,28 @@ def synth_shards(tmp: Path, videos: int = 4) -> str:
                                      "--shard-videos", "1", "--workers", "1", "--no-progress"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return str(tmp / "data" / "train-*.tar")
+
+
+def kill_mid_sequence_then_resume(cfg: Path, shards: str, out: Path, steps: tuple[str, ...], kill_at: int,
+                                  sequence_steps: int, last: int) -> tuple[str, subprocess.CompletedProcess]:
+    """A 2-rank deepspeed run saving every step, SIGKILLed to the whole group once it logged step
+    ``kill_at``; then resumed (``--resume auto``) from its newest checkpoint in mid-sequence (a step not a
+    multiple of ``sequence_steps``, before ``last``), later ones dropped. Returns (that tag, the resumed run)."""
+    from loci_fast.train import checkpoint as ckpt
+
+    proc = start(launcher("deepspeed") + train_args(cfg, shards, out, *steps, "--save-every", "1", stage=None))
+    try:
+        wait_for_step(proc, out / "metrics.jsonl", kill_at, timeout=600)
+    finally:
+        kill_group(proc, signal.SIGKILL)
+        proc.wait()
+    tags = [t for t in ckpt.complete_tags(out / "checkpoints") if int(t[5:]) % sequence_steps]
+    assert tags and int(tags[-1][5:]) < last, tags
+    tag = tags[-1]
+    for later in ckpt.complete_tags(out / "checkpoints"):
+        if int(later[5:]) > int(tag[5:]):
+            shutil.rmtree(out / "checkpoints" / later)
+    (out / "checkpoints" / ckpt.LATEST).write_text(tag)
+    resumed = run(launcher("deepspeed") + train_args(cfg, shards, out, *steps, "--save-every", "1", "--resume",
+                                                     "auto", stage=None), timeout=900)
+    return tag, resumed

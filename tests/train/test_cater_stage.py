@@ -4,8 +4,6 @@ rule through the stage, the state's checkpoint round trip, clear refusals; and (
 CPU run of stage cater1 that lowers the loss of a fixed video batch and continues bitwise after a SIGKILL in
 the middle of a video followed by ``--resume auto``."""
 import random
-import shutil
-import signal
 
 import pytest
 import torch
@@ -17,7 +15,7 @@ from loci_fast.train.cater_stream import CaterIterations
 from loci_fast.train.errors import TrainError
 from loci_fast.train.stages import get_stage, stage_from_config
 
-from .helpers import REPO, kill_group, launcher, losses, run, start, train_args, wait_for_step
+from .helpers import REPO, kill_mid_sequence_then_resume, launcher, losses, run, train_args
 
 CONFIG = REPO / "configs" / "tiny" / "cater-stage1.json"
 TF, S = 2, 4  # the tiny config's teacher_forcing and sequence_len
@@ -219,21 +217,7 @@ def test_sigkill_mid_video_then_resume_is_bitwise(shards, uninterrupted, seed, t
     out = tmp_path / "killed"
     # each rank's videos take 6 iterations (steps 6k+1 start one); kill after a checkpoint inside a video
     kill_at = random.Random(seed).choice([8, 9, 10, 11, 14, 15])
-    proc = start(launcher("deepspeed") + train_args(CONFIG, shards, out, *STEPS, "--save-every", "1", stage=None))
-    try:
-        wait_for_step(proc, out / "metrics.jsonl", kill_at, timeout=600)
-    finally:
-        kill_group(proc, signal.SIGKILL)
-        proc.wait()
-    tags = [t for t in ckpt.complete_tags(out / "checkpoints") if int(t[5:]) % 6]
-    assert tags and int(tags[-1][5:]) < 18
-    tag = tags[-1]
-    for later in ckpt.complete_tags(out / "checkpoints"):
-        if int(later[5:]) > int(tag[5:]):
-            shutil.rmtree(out / "checkpoints" / later)
-    (out / "checkpoints" / ckpt.LATEST).write_text(tag)
-    resumed = run(launcher("deepspeed") + train_args(CONFIG, shards, out, *STEPS, "--save-every", "1", "--resume",
-                                                     "auto", stage=None), timeout=900)
+    tag, resumed = kill_mid_sequence_then_resume(CONFIG, shards, out, STEPS, kill_at, 6, 18)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert f"resumed from {out / 'checkpoints' / tag}" in resumed.stderr
     assert losses(out) == losses(uninterrupted)  # bitwise: same floats, same steps

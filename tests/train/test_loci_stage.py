@@ -5,8 +5,6 @@ run, a background run and a proposal, the state's checkpoint round trip; and (sl
 the middle of a sequence followed by ``--resume auto``."""
 import glob
 import random
-import shutil
-import signal
 
 import pytest
 import torch
@@ -25,7 +23,7 @@ from loci_fast.train.logs import read_metrics
 from loci_fast.train.stages import get_stage, stage_from_config
 from loci_fast.train.stages.loci import mixture
 
-from .helpers import REPO, kill_group, launcher, losses, run, start, train_args, wait_for_step
+from .helpers import REPO, kill_mid_sequence_then_resume, launcher, losses, run, train_args
 
 CONFIG = REPO / "configs" / "tiny" / "loci-s.json"
 
@@ -195,22 +193,7 @@ def test_sigkill_mid_sequence_then_resume_is_bitwise(shards, uninterrupted, seed
     out = tmp_path / "killed"
     # steps 3k+1 start a sequence (teacher forcing); kill after a checkpoint in mid-sequence
     kill_at = random.Random(seed).choice([4, 5, 7, 8, 10])
-    proc = start(launcher("deepspeed") + train_args(CONFIG, shards, out, *STEPS, "--save-every", "1", stage=None))
-    try:
-        wait_for_step(proc, out / "metrics.jsonl", kill_at, timeout=600)
-    finally:
-        kill_group(proc, signal.SIGKILL)
-        proc.wait()
-    # resume from the newest checkpoint in mid-sequence (steps 3k end a sequence): drop any later ones
-    tags = [t for t in ckpt.complete_tags(out / "checkpoints") if int(t[5:]) % 3]
-    assert tags and int(tags[-1][5:]) < 12
-    tag = tags[-1]
-    for later in ckpt.complete_tags(out / "checkpoints"):
-        if int(later[5:]) > int(tag[5:]):
-            shutil.rmtree(out / "checkpoints" / later)
-    (out / "checkpoints" / ckpt.LATEST).write_text(tag)
-    resumed = run(launcher("deepspeed") + train_args(CONFIG, shards, out, *STEPS, "--save-every", "1", "--resume",
-                                                     "auto", stage=None), timeout=900)
+    tag, resumed = kill_mid_sequence_then_resume(CONFIG, shards, out, STEPS, kill_at, 3, 12)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert f"resumed from {out / 'checkpoints' / tag}" in resumed.stderr
     assert losses(out) == losses(uninterrupted)  # bitwise: same floats, same steps

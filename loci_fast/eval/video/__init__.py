@@ -67,18 +67,9 @@ def evaluate_videos(checkpoint: str | Path, data: str | Sequence[str], out: str 
     Returns ``{"table": results.md, "json": results.json, "rows": [...], "records": [...]}`` (on rank 0;
     other ranks get ``table`` None).
     """
-    from loci_fast.config import ConfigError, load_config
+    from ..weights import load_weights_and_config
 
-    from ..weights import load_weights
-
-    weights = load_weights(checkpoint)
-    source = config or weights.config
-    if source is None:
-        raise ValueError(f"{weights.source} carries no config: pass --config (the config it was trained with)")
-    try:
-        cfg = source if hasattr(source, "replace") else load_config(source)
-    except ConfigError as err:
-        raise ValueError(f"config: {err}") from None
+    weights, cfg = load_weights_and_config(checkpoint, config)
     given = str(config) if isinstance(config, (str, Path)) else None if config is None else "given"
     return evaluate_loaded(weights, cfg, data, out, modes=modes, seeds=seeds, batch_size=batch_size, videos=videos,
                            device=device, dtype=dtype, progress=progress, fresh=fresh, config_source=given)

@@ -47,16 +47,9 @@ class VideoLog:
 
     def check_settings(self, settings: dict[str, Any]) -> None:
         """Refuse records computed with other settings (naming them and the fix); store these."""
-        path = self.out / SETTINGS
-        if self.records and path.exists():
-            old = json.loads(path.read_text())
-            changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-            if changed:
-                raise ValueError(f"{self.out} holds results computed with other {', '.join(changed)} "
-                                 f"({', '.join(f'{k}={old.get(k)!r}' for k in changed)}): pass --fresh to "
-                                 "start over, or another --out")
-        if self.write:
-            path.write_text(json.dumps(settings, indent=1) + "\n")
+        from ..results import check_settings
+
+        check_settings(self.out, settings, resuming=bool(self.records), write=self.write)
 
     def add(self, records: list[dict[str, Any]]) -> None:
         """Append finished videos (one flush per call)."""
