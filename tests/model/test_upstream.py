@@ -144,6 +144,19 @@ _STUBS = ("torchvision", "torchvision.transforms", "cv2", "pytorch_lightning", "
           "jsmin", "scipy", "scipy.optimize", "skimage", "skimage.measure")
 
 
+_STUBBED: list[str] = []  # names _import_upstream stubbed, removed again by upstream_pair
+
+
+def _forget_upstream() -> None:
+    """Undo _import_upstream: its stubs (a later test must not decode frames with a stub cv2), upstream's
+    packages and its sys.path entry."""
+    for name in [k for k in sys.modules if k in _STUBBED or k.split(".")[0] in ("model", "nn", "utils")]:
+        del sys.modules[name]
+    _STUBBED.clear()
+    while UPSTREAM in sys.path:
+        sys.path.remove(UPSTREAM)
+
+
 def _import_upstream():
     """Import upstream's LociPretrainer from the checkout, stubbing the imports §23 lists as unused."""
     class Stub(types.ModuleType):  # any attribute is a do-nothing class (base classes, decorators' targets)
@@ -159,6 +172,7 @@ def _import_upstream():
             stub = Stub(name)
             stub.__path__ = []  # importable as a package, so submodule stubs resolve
             sys.modules[name] = stub
+            _STUBBED.append(name)
     sys.path.insert(0, UPSTREAM)
     from model.pretrainer import LociPretrainer as Upstream
     from nn.decoder import LociDecoder as UpDecoder
@@ -186,7 +200,8 @@ def upstream_pair():
     ours = LociPretrainer(TINY)
     state = {"net." + k: v for k, v in up.state_dict().items()}
     ours.load_state_dict(convert_state_dict(state, model=ours), strict=True)
-    return up.eval(), ours.eval(), state, (UpDecoder, UpEncoder)
+    yield up.eval(), ours.eval(), state, (UpDecoder, UpEncoder)
+    _forget_upstream()
 
 
 OUTPUT_KEYS = ("mask_loss", "mean_iou", "rgb_loss", "depth_loss", "position_loss", "z_loss", "rgb_l1", "depth_l1",
