@@ -20,24 +20,13 @@ from loci_fast.eval.cater_rollout import rollout_snitch
 from loci_fast.loci_v1 import LociV1
 from loci_fast.loci_v1.tracker import CATER_CAMERA, CATER_ZERO_ELEVATION
 from tests.loci_v1.configs import frame_size, tiny
-from tests.loci_v1.upstream_v1 import ROOT, Namespace, upstream_v1
+from tests.loci_v1.upstream_v1 import Namespace, perturb, ROOT, upstream_v1
 
 pytestmark = pytest.mark.skipif(not ROOT, reason="set LOCI_FAST_UPSTREAM_V1 to an upstream Loci checkout (f5a7023)")
 
 T, B, WARMUP = 6, 2, 2
 FLOAT = r"(-?\d+\.\d+)"
 
-
-def perturb(module: torch.nn.Module, gen: torch.Generator) -> None:
-    """Open the alpha gates (the background half faded in) and jitter all weights."""
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if name.split(".")[-1] in ("alpha", "mask_alpha", "object_alpha", "std_alpha", "init"):
-                p.copy_(torch.rand(p.shape, generator=gen) * 0.5 + 0.3)
-            elif name == "initial_states.std":
-                p.fill_(0.1)
-            else:
-                p.add_(torch.randn(p.shape, generator=gen) * 0.05)
 
 
 def plots(text: str) -> list[dict[int, float]]:

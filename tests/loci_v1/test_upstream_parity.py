@@ -13,24 +13,13 @@ from loci_fast.kernels import use_backend
 from loci_fast.loci_v1 import LociV1, StepNoise
 from loci_fast.loci_v1.tracker import CATER_CAMERA, CATER_ZERO_ELEVATION, screen_to_world, world_to_screen
 from tests.loci_v1.configs import frame_size, tiny
-from tests.loci_v1.upstream_v1 import ROOT, Namespace, record_draws, rel_err, upstream_v1
+from tests.loci_v1.upstream_v1 import Namespace, perturb, record_draws, rel_err, ROOT, upstream_v1
 
 pytestmark = pytest.mark.skipif(not ROOT, reason="set LOCI_FAST_UPSTREAM_V1 to an upstream Loci checkout (f5a7023)")
 
 FRAMES = 5
 WARMUP = 2  # teacher_forcing: the regularisers are 0 for the first 2 calls, active afterwards
 
-
-def perturb(module: torch.nn.Module, gen: torch.Generator) -> None:
-    """Open every gate (alphas 0.3..0.8, background fade-in, size ramp) and jitter all weights."""
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if name.split(".")[-1] in ("alpha", "mask_alpha", "object_alpha", "std_alpha", "init"):
-                p.copy_(torch.rand(p.shape, generator=gen) * 0.5 + 0.3)
-            elif name == "initial_states.std":
-                p.fill_(0.1)
-            else:
-                p.add_(torch.randn(p.shape, generator=gen) * 0.05)
 
 
 def noise_from(log: list, layers: int) -> StepNoise:

@@ -19,6 +19,18 @@ NAMES = ("model", "nn", "utils", "data", "torchvision", "pytorch_msssim", "cv2")
 DRAWS = ("randn", "rand", "normal", "randn_like")
 
 
+def perturb(module: torch.nn.Module, gen: torch.Generator) -> None:
+    """Open every gate (alphas 0.3..0.8, background fade-in, size ramp) and jitter all weights."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.split(".")[-1] in ("alpha", "mask_alpha", "object_alpha", "std_alpha", "init"):
+                p.copy_(torch.rand(p.shape, generator=gen) * 0.5 + 0.3)
+            elif name == "initial_states.std":
+                p.fill_(0.1)
+            else:
+                p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+
+
 @contextlib.contextmanager
 def upstream_v1(root: str = ROOT):
     """Yields ``import_upstream(name)`` for upstream module names such as ``"model.loci"``."""
