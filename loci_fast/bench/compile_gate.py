@@ -393,13 +393,11 @@ def run_gate(*, arch: int = 90, shapes: str = "default", max_spill_bytes: int = 
     log(f"compile gate {res['device']} triton {res['triton']}: {len(res['rows'])} kernel configs, "
         f"{'ok' if res['ok'] else 'FAIL'} ({res['seconds']:.0f} s)")
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        from .results_files import write_results
+
         stem = f"{res['date'][:10]}-{res['device']}-compile-triton-{res['triton']}" + (
             "-driver" if real_driver else "")
-        (out / f"{stem}.json").write_text(json.dumps(res, indent=1) + "\n")
-        (out / f"{stem}.md").write_text(markdown(res))
-        res["path"] = str(out / f"{stem}.json")
+        write_results(out_dir, stem, res, markdown(res))
     return res
 
 

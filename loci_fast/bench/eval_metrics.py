@@ -13,7 +13,6 @@ timings count. The AMI is off in upstream's MOVi evaluation and is not timed.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import statistics
 import time
 from pathlib import Path
@@ -128,6 +127,7 @@ def run_eval_bench(*, quick: bool = False, out_dir: str | Path = "bench/results"
                    shapes: dict[str, int] | None = None, repeats: int = 3,
                    log: Callable[[str], None] = print) -> dict[str, Any]:
     """Time both implementations, check they agree, write ``<date>-<device>-eval-metrics.{json,md}``."""
+    from .results_files import write_results
     from .runner import _slug, device_name
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -151,12 +151,8 @@ def run_eval_bench(*, quick: bool = False, out_dir: str | Path = "bench/results"
                "ours_frames_per_s": frames / ours_s, "upstream_frames_per_s": frames / loops_s,
                "max_abs_diff": diffs, "agreement_tolerance": AGREEMENT, "ok": ok,
                "example": {"miou": float(pooled), "seq_fg_ari": float(ours_out["seq_fg_ari"].mean())}}
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"{results['date'][:10]}-{_slug(results['device'])}-eval-metrics"
-    (out / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
-    (out / f"{stem}.md").write_text(markdown(results))
-    results["path"] = str(out / f"{stem}.json")
+    write_results(out_dir, f"{results['date'][:10]}-{_slug(results['device'])}-eval-metrics", results,
+                  markdown(results))
     return results
 
 

@@ -10,7 +10,6 @@ only what this CPU does.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ def run_eval_model_bench(config: str | Path, *, batches: list[int | str], mode: 
     from loci_fast.eval.video.throughput import frames_per_second
     from loci_fast.model.loci_model import LociModel
 
+    from .results_files import write_results
     from .runner import _slug, device_name
 
     cfg = load_config(config)
@@ -48,15 +48,11 @@ def run_eval_model_bench(config: str | Path, *, batches: list[int | str], mode: 
                "torch": torch.__version__, "config": str(config), "mode": mode,
                "input_size": list(cfg["model"]["input_size"]), "sequence_len": int(cfg["sequence_len"]),
                "rows": rows}
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"{results['date'][:10]}-{_slug(results['device'])}-eval-loci"
-    (out / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
     lines = [f"# End-to-end Loci-s evaluation: {config}", "", f"- device: {results['device']}",
              f"- date: {results['date']}, torch {results['torch']}, mode {mode}",
              f"- {results['input_size'][0]}x{results['input_size'][1]}, {results['sequence_len']}-frame windows",
              "", "| batch | frames/s |", "|---|---|"]
     lines += [f"| {r['batch_size']} | {r['frames_per_s']:.2f} |" for r in rows]
-    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    results["path"] = str(out / f"{stem}.json")
+    write_results(out_dir, f"{results['date'][:10]}-{_slug(results['device'])}-eval-loci", results,
+                  "\n".join(lines) + "\n")
     return results

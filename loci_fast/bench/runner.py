@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib
-import json
 import platform
 import re
 from pathlib import Path
@@ -220,15 +219,12 @@ def op_status(results: dict[str, Any]) -> dict[str, str]:
 
 def write_results(results: dict[str, Any], out_dir: Path) -> Path:
     """Write ``<date>-<device>[-quick].json`` and the matching ``.md`` table into ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    from .results_files import write_results as write_files
+
     stem = f"{results['date'][:10]}-{_slug(results['device'])}" + ("-quick" if results["quick"] else "")
     if tuple(results["ops"]) != OPS:  # a partial run must not overwrite the day's full results
         stem += "-" + "-".join(results["ops"])
-    path = out_dir / f"{stem}.json"
-    path.write_text(json.dumps(results, indent=1, default=str) + "\n")
-    (out_dir / f"{stem}.md").write_text(markdown_table(results))
-    results["path"] = str(path)
-    return path
+    return write_files(out_dir, stem, results, markdown_table(results))
 
 
 def markdown_table(results: dict[str, Any]) -> str:

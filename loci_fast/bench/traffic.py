@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import json
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -179,12 +178,9 @@ def run_traffic(ops=None, *, quick: bool = False, plan: str = "gpu", out_dir: st
                     f"requested {row['requested']} B ({row['requested_over_minimal']:.2f}x)")
     res["ops_without_rows"] = [op for op in ops if not any(r["op"] == op for r in res["rows"])]
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        stem = f"{res['date'][:10]}-traffic-{plan}-plan"
-        (out / f"{stem}.json").write_text(json.dumps(res, indent=1) + "\n")
-        (out / f"{stem}.md").write_text(markdown(res))
-        res["path"] = str(out / f"{stem}.json")
+        from .results_files import write_results
+
+        write_results(out_dir, f"{res['date'][:10]}-traffic-{plan}-plan", res, markdown(res))
     return res
 
 

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import gc
-import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -184,6 +182,7 @@ def run_train_step(config: str | Path, *, backends=BACKENDS, out_dir: str | Path
     from loci_fast.config import load_config
     from loci_fast.train.stages import get_stage, stage_from_config
 
+    from .results_files import write_results
     from .runner import _slug, device_name
 
     dev = torch.device(kwargs.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -198,8 +197,6 @@ def run_train_step(config: str | Path, *, backends=BACKENDS, out_dir: str | Path
     stage = stage_from_config(load_config(config))
     modes = list(getattr(get_stage(stage), "BENCH_MODES", None) or [None])
     sweep = f"-bo{sizes[0]}-{sizes[-1]}" if bo else ""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     stem = f"{results['date'][:10]}-{_slug(results['device'])}-train-{stage}{sweep}"
     for size in sizes:
         for mode, backend in ((m, b) for m in modes for b in backends):
@@ -207,17 +204,8 @@ def run_train_step(config: str | Path, *, backends=BACKENDS, out_dir: str | Path
             results["rows"].append(row)
             log(row_line(row))
             results.update(speedups(results["rows"]))
-            _write(out / f"{stem}.json", json.dumps(results, indent=1) + "\n")
-            _write(out / f"{stem}.md", markdown(results))
-    results["path"] = str(out / f"{stem}.json")
+            write_results(out_dir, stem, results, markdown(results))  # every row: a cut sweep keeps its rows
     return results
-
-
-def _write(path: Path, text: str) -> None:
-    """Write through a temporary file and a rename: a run killed mid-write leaves the last whole file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def speedups(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -36,6 +36,13 @@ def plot_losses(stages: list[DemoStage], out: Path) -> None:
         plt.close(fig)
 
 
+def _run_cells(s: DemoStage, records: list[dict]) -> str:
+    """The cells every stage's row starts with: name, steps, wall seconds, s/step, first -> last loss."""
+    per_step = f"{s.step_seconds:.2f}" if s.step_seconds else "-"
+    return (f"{s.name} | {records[-1]['step'] if records else 0} | {s.seconds:.0f} | {per_step} | "
+            f"{_window(records, True):.4f} -> {_window(records, False):.4f}")
+
+
 def _window(records: list[dict], first: bool, key: str = "loss", n: int = 10) -> float:
     part = records[:n] if first else records[-n:]
     return sum(r.get(key, 0.0) for r in part) / max(len(part), 1)
@@ -101,10 +108,7 @@ def _loci_lines(stages: list[DemoStage], out: Path) -> list[str]:
              "val reconstruction rgb MSE: handed over -> trained | val FG-ARI per frame: handed over -> trained |", "|---|---|---|---|---|---|---|"]
     for s in runs:
         records = read_metrics(out / s.name / "metrics.jsonl")
-        per_step = f"{s.step_seconds:.2f}" if s.step_seconds else "-"
-        lines.append(f"| {s.name} | {records[-1]['step'] if records else 0} | {s.seconds:.0f} | {per_step} | "
-                     f"{_window(records, True):.4f} -> {_window(records, False):.4f} | "
-                     f"{s.eval.get('initial_rgb_mse', nan):.4f} -> {s.eval.get('rgb_mse', nan):.4f} | "
+        lines.append(f"| {_run_cells(s, records)} | {s.eval.get('initial_rgb_mse', nan):.4f} -> {s.eval.get('rgb_mse', nan):.4f} | "
                      f"{s.eval.get('initial_fg_ari', nan):.3f} -> {s.eval.get('fg_ari', nan):.3f} |")
     lines += ["", f"The loci stage trains the whole Loci-s model on {LOCI_DATA['train_videos']} multi-object "
               f"videos ({LOCI_DATA['frames']} frames, {LOCI_DATA['size']}x{LOCI_DATA['size']}, "
@@ -172,11 +176,9 @@ def write_report(stages: list[DemoStage], out: Path, device: str, total: float) 
     for s in objects:
         records = read_metrics(out / s.name / "metrics.jsonl")
         iou = f"{s.eval.get('mean_iou', 0):.3f}" if s.name in ("mask", "stage1", "stage2") else "n/a"
-        per_step = f"{s.step_seconds:.2f}" if s.step_seconds else "-"
         pos = f"{s.eval['position_px']:.1f}" if "position_px" in s.eval else "n/a"
         lines.append(
-            f"| {s.name} | {records[-1]['step'] if records else 0} | {s.seconds:.0f} | {per_step} | "
-            f"{_window(records, True):.4f} -> {_window(records, False):.4f} | "
+            f"| {_run_cells(s, records)} | "
             f"{s.eval.get('loss', float('nan')):.4f} | {s.eval.get('mask_loss', 0):.4f} | "
             f"{s.eval.get('rgb_loss', 0):.4f} | {s.eval.get('depth_loss', 0):.4f} | {pos} | {iou} |")
     lines += ["", "The training loss is the sum of the stage's loss terms (LociPretrainer `loss`); "
@@ -190,10 +192,7 @@ def write_report(stages: list[DemoStage], out: Path, device: str, total: float) 
                   "val rgb_loss | val rgb_ssim | val uncertainty |", "|---|---|---|---|---|---|---|---|---|"]
         for s in backgrounds:
             records = read_metrics(out / s.name / "metrics.jsonl")
-            per_step = f"{s.step_seconds:.2f}" if s.step_seconds else "-"
-            lines.append(f"| {s.name} | {records[-1]['step'] if records else 0} | {s.seconds:.0f} | {per_step} | "
-                         f"{_window(records, True):.4f} -> {_window(records, False):.4f} | "
-                         f"{s.eval.get('loss', float('nan')):.4f} | {s.eval.get('rgb_loss', float('nan')):.4f} | "
+            lines.append(f"| {_run_cells(s, records)} | {s.eval.get('loss', float('nan')):.4f} | {s.eval.get('rgb_loss', float('nan')):.4f} | "
                          f"{s.eval.get('rgb_ssim', float('nan')):.4f} | {s.eval.get('uncertainty', float('nan')):.4f} |")
         lines += ["", "The background stage trains the dynamic background module (uncertainty U-Net, masked "
                   "ViT, motion and depth contexts) on frame pairs of the same videos: it reconstructs the "

@@ -194,12 +194,19 @@ def _write_loci_video(model, cfg, video, folder: Path, *, seed: int, scale: floa
         _save_png(folder / "grid" / f"{name}.png", grid)
         groups["grid"].append(f"grid/{name}.png")
         if panels:
-            for pname, img in panel_images(p).items():
-                _save_png(folder / "panels" / name / f"{pname}.png", img)
-                groups["panels"].append(f"panels/{name}/{pname}.png")
+            groups["panels"] += _save_panels(folder, name, panel_images(p))
         pictures.append(animation_frame(grid))
         bar.update(1)
     return pictures, groups, {"records": records, "teacher_forcing_steps": tf, "size": list(size)}
+
+
+def _save_panels(folder: Path, step: str, images: dict[str, np.ndarray]) -> list[str]:
+    """Each panel of one step as ``panels/<step>/<panel>.png``; their paths relative to ``folder``."""
+    names = []
+    for pname, img in images.items():
+        _save_png(folder / "panels" / step / f"{pname}.png", img)
+        names.append(f"panels/{step}/{pname}.png")
+    return names
 
 
 def _write_cater_video(model, cfg, video, folder: Path, *, seed: int, scale: float, frames: int | None,
@@ -222,9 +229,7 @@ def _write_cater_video(model, cfg, video, folder: Path, *, seed: int, scale: flo
         groups["objects"].append(f"objects/{name}.png")
         groups["nice"].append(f"nice/{name}.png")
         if panels:
-            for pname, img in panel_images(p).items():
-                _save_png(folder / "panels" / name / f"{pname}.png", img)
-                groups["panels"].append(f"panels/{name}/{pname}.png")
+            groups["panels"] += _save_panels(folder, name, panel_images(p))
         pictures.append(animation_frame(objects))
         bar.update(1)
     return pictures, groups, {"records": records, "warmup": int(cfg["teacher_forcing"]), "size": list(size)}
